@@ -1,0 +1,27 @@
+// The one binding file of d2align._C.
+//
+// Operators are registered with the PyTorch dispatcher under the namespace `d2align`
+// (callable as torch.ops.d2align.<op>); each op's schema is declared here, and its CPU and
+// CUDA implementations register themselves in their own files with TORCH_LIBRARY_IMPL.
+#include <torch/extension.h>
+
+namespace d2align {
+
+bool compiled_with_cuda() {
+#ifdef WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace d2align
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("compiled_with_cuda", &d2align::compiled_with_cuda,
+        "Whether d2align._C was built with its CUDA kernels");
+}
+
+TORCH_LIBRARY(d2align, m) {
+  // Schemas of the ops; implementations live beside each op (csrc/<op>/).
+}

@@ -1,0 +1,1 @@
+"""d2align.data."""
