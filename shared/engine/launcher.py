@@ -1,0 +1,114 @@
+"""The command line of every d2align `train_net.py`, as in detectron2's `tools/train_net.py`.
+
+A project's train_net.py is::
+
+    from d2align.engine import launch_from_command_line
+    from d2align.projects.<name> import add_<name>_config
+
+    if __name__ == "__main__":
+        launch_from_command_line(config_hooks=[add_<name>_config])
+
+`--config-file`, `--eval-only`, `--resume`, `--num-gpus` and trailing `KEY VALUE` overrides
+behave as in detectron2.
+"""
+import json
+import logging
+import os
+from typing import Callable, Iterable, Optional, Type
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+from ..config import add_d2align_config
+from ..data.from_config import register_data_from_config
+from .trainer import Trainer
+
+ConfigHook = Callable[[CfgNode], None]
+logger = logging.getLogger("d2align")
+
+
+def build_config(
+    config_file: str = "", opts: Iterable[str] = (), config_hooks: Iterable[ConfigHook] = ()
+) -> CfgNode:
+    """detectron2's default config + d2align's keys + the projects' keys, merged with the file
+    and the overrides. Falls back to the CPU when the config asks for CUDA and none is there."""
+    cfg = get_cfg()
+    add_d2align_config(cfg)
+    for hook in config_hooks:
+        hook(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def setup(args, config_hooks: Iterable[ConfigHook] = ()) -> CfgNode:
+    """Build, register the datasets of, freeze and log the config of a command-line run."""
+    cfg = build_config(args.config_file, args.opts, config_hooks)
+    register_data_from_config(cfg)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def write_final_results(
+    cfg: CfgNode, config_file: str, results: dict, train_s_per_iter: float
+) -> str:
+    """Write OUTPUT_DIR/final_results.json: the evaluation results plus train s/iter."""
+    path = os.path.join(cfg.OUTPUT_DIR, "final_results.json")
+    payload = {"config_file": config_file, "results": results}
+    payload["speed"] = dict(results.get("speed", {}), train_s_per_iter=train_s_per_iter)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+    return path
+
+
+def main(args, config_hooks: Iterable[ConfigHook] = (), trainer_cls: Type[Trainer] = Trainer):
+    """Train (or with --eval-only, evaluate) one config; returns the evaluation results."""
+    cfg = setup(args, config_hooks)
+    if args.eval_only:
+        model = trainer_cls.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = trainer_cls.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+            if cfg.D2ALIGN.WRITE_RESULTS:
+                write_final_results(cfg, args.config_file, results, float("nan"))
+        return results
+
+    trainer = trainer_cls(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    results = trainer.train()
+    if comm.is_main_process() and cfg.D2ALIGN.WRITE_RESULTS and results:
+        path = write_final_results(
+            cfg, args.config_file, results, trainer.train_seconds_per_iter()
+        )
+        logger.info(f"Final results written to {path}")
+    return results
+
+
+def launch_from_command_line(
+    config_hooks: Iterable[ConfigHook] = (),
+    trainer_cls: Type[Trainer] = Trainer,
+    argv: Optional[list] = None,
+):
+    """Parse detectron2's standard arguments and launch `main` on --num-gpus processes."""
+    args = default_argument_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    config_hooks = list(config_hooks)
+    return launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args, config_hooks, trainer_cls),
+    )

@@ -1,0 +1,118 @@
+"""`Trainer`: the one DefaultTrainer subclass that every d2align project trains with.
+
+It adds to detectron2's DefaultTrainer:
+  * `D2AlignCOCOEvaluator` (COCO AP plus AP50...AP90) for every test set;
+  * inference seconds per image (pure model time, as detectron2's `inference_on_dataset`
+    measures it) in the evaluation results, under "speed";
+  * writers that skip TensorBoard when it is not installed;
+  * a check that the model's number of classes matches the training set's.
+Projects subclass it only when they need another data mapper or evaluator.
+"""
+import logging
+import os
+import time
+
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultTrainer
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+from torch import nn
+
+from ..evaluation import D2AlignCOCOEvaluator
+
+logger = logging.getLogger(__name__)
+
+
+class _ForwardTimer(nn.Module):
+    """Wraps a model and accumulates the wall time of its forward calls (inference only).
+
+    The first `warmup` calls are not counted, as in detectron2's `inference_on_dataset`.
+    """
+
+    def __init__(self, model: nn.Module, warmup: int = 5):
+        super().__init__()
+        self.model = model
+        self.warmup = warmup
+        self.calls = 0
+        self.images = 0
+        self.seconds = 0.0
+
+    def forward(self, batched_inputs):
+        start = time.perf_counter()
+        outputs = self.model(batched_inputs)
+        elapsed = time.perf_counter() - start
+        self.calls += 1
+        if self.calls > self.warmup:
+            self.images += len(batched_inputs)
+            self.seconds += elapsed
+        return outputs
+
+    def seconds_per_image(self) -> float:
+        return self.seconds / self.images if self.images else float("nan")
+
+
+def _cfg_get(cfg, dotted_key: str):
+    node = cfg
+    for part in dotted_key.split("."):
+        node = node[part]
+    return node
+
+
+def check_num_classes(cfg) -> None:
+    """Raise if the model's NUM_CLASSES differs from the number of classes of DATASETS.TRAIN."""
+    for name in cfg.DATASETS.TRAIN:
+        classes = MetadataCatalog.get(name).get("thing_classes", None)
+        if classes is None:
+            continue
+        one_stage = "RetinaNet" in cfg.MODEL.META_ARCHITECTURE
+        key = "MODEL.RETINANET.NUM_CLASSES" if one_stage else "MODEL.ROI_HEADS.NUM_CLASSES"
+        if _cfg_get(cfg, key) != len(classes):
+            raise ValueError(
+                f"{key} = {_cfg_get(cfg, key)} but dataset '{name}' has {len(classes)} classes "
+                f"({classes}); set {key} {len(classes)}"
+            )
+
+
+class Trainer(DefaultTrainer):
+    """detectron2's DefaultTrainer with d2align's evaluator, timing and checks."""
+
+    def __init__(self, cfg):
+        check_num_classes(cfg)
+        super().__init__(cfg)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return D2AlignCOCOEvaluator(dataset_name, output_dir=output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluate `model` on cfg.DATASETS.TEST; adds {"speed": {"inference_s_per_image"}}."""
+        timed = _ForwardTimer(model)
+        results = dict(super().test(cfg, timed, evaluators))
+        results["speed"] = {"inference_s_per_image": timed.seconds_per_image()}
+        logger.info(f"Inference: {timed.seconds_per_image():.4f} s/image (model forward only)")
+        return results
+
+    def build_writers(self):
+        os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
+        writers = [
+            CommonMetricPrinter(self.max_iter),
+            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+        ]
+        try:
+            from detectron2.utils.events import TensorboardXWriter
+            import torch.utils.tensorboard  # noqa: F401  (optional dependency)
+
+            writers.append(TensorboardXWriter(self.cfg.OUTPUT_DIR))
+        except ImportError:
+            logger.info("TensorBoard is not installed: metrics go to metrics.json only.")
+        return writers
+
+    def train_seconds_per_iter(self) -> float:
+        """Median wall time of a training iteration so far (from the IterationTimer hook)."""
+        history = self.storage.history("time") if "time" in self.storage.histories() else None
+        return float(history.median(len(history.values()))) if history else float("nan")
+
+
+__all__ = ["Trainer", "check_num_classes"]
