@@ -2,6 +2,7 @@
 from .datasets import (
     SHAPES_DATASETS,
     default_shapes_root,
+    ensure_shapes_split,
     load_coco_json_checked,
     register_coco_instances_checked,
     register_shapes_datasets,
@@ -14,6 +15,7 @@ __all__ = [
     "SHAPES_DATASETS",
     "ShapesSpec",
     "default_shapes_root",
+    "ensure_shapes_split",
     "generate_split",
     "load_coco_json_checked",
     "register_coco_instances_checked",

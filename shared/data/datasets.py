@@ -9,13 +9,15 @@ and the record, e.g.::
 instead of an assertion deep inside a data loader worker. Boxes are COCO XYWH in absolute
 pixels. `register_coco_instances_checked` makes any such JSON with its image folder usable by
 name, and `register_shapes_datasets` registers the embedded splits ("d2align_shapes_train",
-"d2align_shapes_val"), generating them on first use.
+"d2align_shapes_val"), which are generated when first loaded.
 """
+import dataclasses
+import functools
 import json
 import logging
 import math
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
@@ -26,6 +28,7 @@ from .synthetic import CLASS_NAMES, SPLITS, ShapesSpec, generate_split, split_is
 __all__ = [
     "SHAPES_DATASETS",
     "default_shapes_root",
+    "ensure_shapes_split",
     "validate_coco_dict",
     "load_coco_json_checked",
     "register_coco_instances_checked",
@@ -130,7 +133,7 @@ def validate_coco_dict(data, json_file: str, image_root: Optional[str] = None) -
             if not _is_int(record["id"]):
                 fail(_where(section, i, record), "id is not an integer")
             if record["id"] in seen:
-                fail(_where(section, i, record), f"duplicate id (also {section}[{seen[record['id']]}])")
+                fail(_where(section, i, record), f"duplicate id (see {section}[{seen[record['id']]}])")
             seen[record["id"]] = i
     if not data["categories"]:
         fail("categories", "no category is declared")
@@ -139,8 +142,9 @@ def validate_coco_dict(data, json_file: str, image_root: Optional[str] = None) -
     for i, img in enumerate(data["images"]):
         if not all(_is_int(img[k]) and img[k] > 0 for k in ("height", "width")):
             fail(_where("images", i, img), "height and width must be positive integers")
-        if image_root is not None and not os.path.isfile(os.path.join(image_root, img["file_name"])):
-            fail(_where("images", i, img), f"image file not found in {image_root}")
+        path = os.path.join(image_root or "", str(img["file_name"]))
+        if image_root is not None and not os.path.isfile(path):
+            fail(_where("images", i, img), f"image file {path} not found")
         images[img["id"]] = img
     category_ids = {c["id"] for c in data["categories"]}
     for i, ann in enumerate(data["annotations"]):
@@ -170,10 +174,10 @@ def load_coco_json_checked(
 
 
 def _register(name: str, loader, metadata: Dict) -> None:
-    """Register `name`; a no-op if it is registered with the same files, else replaces it."""
+    """Register `name`; a no-op if it is registered with the same metadata, else replaces it."""
     if name in DatasetCatalog.list():
         old = MetadataCatalog.get(name)
-        if all(old.get(k) == metadata[k] for k in ("json_file", "image_root")):
+        if all(old.get(k) == v for k, v in metadata.items()):
             return
         logger.info(f"Replacing the registration of dataset '{name}'")
         DatasetCatalog.remove(name)
@@ -186,9 +190,10 @@ def register_coco_instances_checked(name: str, json_file: str, image_root: str) 
     """Register a COCO instances JSON and its image folder as dataset `name`.
 
     The file is validated now (errors name the file and the record), so a broken dataset fails
-    at registration rather than in training. Metadata: `thing_classes` (category names sorted by
-    id), `thing_dataset_id_to_contiguous_id`, `json_file`, `image_root`, `evaluator_type="coco"`.
-    Calling it again with the same files is a no-op; with other files, it replaces `name`.
+    at registration rather than in training, and again when loaded. Metadata: `thing_classes`
+    (category names sorted by id), `thing_dataset_id_to_contiguous_id`, `json_file`,
+    `image_root`, `evaluator_type="coco"`. Calling it again with the same files is a no-op;
+    with other files, it replaces the registration of `name`.
     """
     json_file, image_root = os.path.abspath(json_file), os.path.abspath(image_root)
     categories = sorted(_read_checked(json_file, image_root)["categories"], key=lambda c: c["id"])
@@ -212,18 +217,57 @@ def default_shapes_root() -> str:
     return os.path.join(os.path.expanduser(base), "shapes")
 
 
+def ensure_shapes_split(
+    split: str,
+    root: Optional[str] = None,
+    spec: Optional[ShapesSpec] = None,
+    num_workers: Optional[int] = None,
+    force: bool = False,
+) -> Tuple[str, str]:
+    """Make sure `root` holds `split` generated from `spec`; generate it if not (or if `force`).
+
+    A split is regenerated when it is missing, incomplete, or was made from another spec or
+    generator version. Generation holds a file lock in `root`, so concurrent callers (several
+    processes of one job) generate once. When the split is current this checks two small files.
+
+    Args:
+        split: "train" or "val".
+        root: dataset folder (default: `default_shapes_root()`).
+        spec: dataset knobs (default: `ShapesSpec()`).
+        num_workers: processes used if generation is needed (see `generate_split`).
+        force: regenerate even if the split is current.
+
+    Returns:
+        (json_file, image_root) of the split.
+    """
+    root = os.path.abspath(root or default_shapes_root())
+    spec = spec or ShapesSpec()
+    spec.num_images(split)  # rejects an unknown split
+    if force or not split_is_current(spec, split, root):
+        os.makedirs(root, exist_ok=True)
+        with file_lock(os.path.join(root, "generate")):
+            if force or not split_is_current(spec, split, root):
+                logger.info(f"Generating the '{split}' split of the shapes dataset in {root}")
+                generate_split(spec, split, root, num_workers=num_workers)
+    return os.path.join(root, "annotations", f"{split}.json"), os.path.join(root, split)
+
+
 def register_shapes_datasets(
     root: Optional[str] = None, spec: Optional[ShapesSpec] = None, num_workers: Optional[int] = None
 ) -> Dict[str, str]:
-    """Register the embedded splits under `SHAPES_DATASETS` names, generating them if needed.
+    """Register the embedded splits under the `SHAPES_DATASETS` names; cheap and idempotent.
 
-    A split is (re)generated when `root` lacks it or holds one made from another spec or
-    generator version (under a file lock, so concurrent callers generate once). Otherwise this
-    only checks two small files and is idempotent.
+    Nothing is read or written here: a split is generated (see `ensure_shapes_split`) the first
+    time it is loaded with `DatasetCatalog.get`. Metadata: `thing_classes` (`CLASS_NAMES`),
+    `thing_dataset_id_to_contiguous_id`, `json_file`, `image_root`, `evaluator_type="coco"`,
+    `shapes_spec` (the spec as a dict). Note that detectron2's `COCOEvaluator` reads `json_file`
+    when built: `DefaultTrainer` loads the test set first; other callers that evaluate before
+    loading should call `ensure_shapes_split` first.
 
     Args:
-        root: dataset folder (default: `default_shapes_root()`).
-        spec: dataset knobs (default: `ShapesSpec()`).
+        root: dataset folder (default: `default_shapes_root()`, read now).
+        spec: dataset knobs (default: `ShapesSpec()`). Registering again with another root or
+            spec replaces the registrations.
         num_workers: processes used if generation is needed (see `generate_split`).
 
     Returns:
@@ -231,25 +275,22 @@ def register_shapes_datasets(
     """
     root = os.path.abspath(root or default_shapes_root())
     spec = spec or ShapesSpec()
-    os.makedirs(root, exist_ok=True)
-    if not all(split_is_current(spec, split, root) for split in SPLITS):
-        with file_lock(os.path.join(root, "generate")):
-            for split in SPLITS:
-                if not split_is_current(spec, split, root):
-                    logger.info(f"Generating the shapes dataset '{split}' split in {root}")
-                    generate_split(spec, split, root, num_workers=num_workers)
+
+    def load(split: str, name: str) -> List[Dict]:
+        json_file, image_root = ensure_shapes_split(split, root, spec, num_workers)
+        return load_coco_json_checked(json_file, image_root, name)
+
     for split, name in SHAPES_DATASETS.items():
-        json_file = os.path.join(root, "annotations", f"{split}.json")
-        image_root = os.path.join(root, split)
         _register(
             name,
-            lambda j=json_file, r=image_root, n=name: load_coco_json_checked(j, r, n),
+            functools.partial(load, split, name),
             dict(
                 thing_classes=list(CLASS_NAMES),
                 thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(CLASS_NAMES))},
-                json_file=json_file,
-                image_root=image_root,
+                json_file=os.path.join(root, "annotations", f"{split}.json"),
+                image_root=os.path.join(root, split),
                 evaluator_type="coco",
+                shapes_spec=dataclasses.asdict(spec),
             ),
         )
     return dict(SHAPES_DATASETS)

@@ -156,7 +156,8 @@ def _pattern(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     if kind == 0:
         cell = int(rng.choice([8, 16, 32]))
         coarse = rng.random((height // cell + 2, width // cell + 2)).astype(np.float32)
-        big = cv2.resize(coarse, (width + 2 * cell, height + 2 * cell), interpolation=cv2.INTER_CUBIC)
+        big_size = (width + 2 * cell, height + 2 * cell)
+        big = cv2.resize(coarse, big_size, interpolation=cv2.INTER_CUBIC)
         return np.clip(big[cell : cell + height, cell : cell + width], 0.0, 1.0)
     if kind == 1:
         return (u - u.min()) / max(float(u.max() - u.min()), 1.0)

@@ -135,9 +135,8 @@ def render_sample(spec: ShapesSpec, split: str, index: int) -> Tuple[np.ndarray,
         return img, []
 
     def visible_enough(visible, full_area):
-        ok = occlusion_ok(int(visible.sum()), full_area, spec.min_visible_pixels,
-                          spec.min_visible_fraction)
-        return ok
+        area = int(visible.sum())
+        return occlusion_ok(area, full_area, spec.min_visible_pixels, spec.min_visible_fraction)
 
     placed = []  # (class_idx, in-image mask, full area, paint seed)
     lo, hi = spec.objects_per_image
@@ -267,10 +266,9 @@ def generate_split(
     images, annotations = [], []
     for index, anns in enumerate(per_image):
         image_id = index + 1
-        images.append(
-            {"id": image_id, "file_name": _file_name(spec, index), "height": spec.image_size,
-             "width": spec.image_size}
-        )
+        size = spec.image_size
+        file_name = _file_name(spec, index)
+        images.append({"id": image_id, "file_name": file_name, "height": size, "width": size})
         for ann in anns:
             annotations.append(dict(id=len(annotations) + 1, image_id=image_id, **ann))
     coco = {
