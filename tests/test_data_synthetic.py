@@ -66,7 +66,8 @@ def test_boxes_tight_inside_image(generated):
         mask = mask_util.decode(ann["segmentation"]).astype(bool)
         assert mask.shape == (im["height"], im["width"])
         ys, xs = np.nonzero(mask)
-        assert [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()] == [x, y, w, h]
+        tight = [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()]
+        assert tight == [x, y, w, h]
         assert ann["area"] == mask.sum() >= SMALL.min_visible_pixels
         assert ann["iscrowd"] == 0 and 1 <= ann["category_id"] <= len(CLASS_NAMES)
         masks_per_image.setdefault(ann["image_id"], []).append(mask)
@@ -90,8 +91,9 @@ def test_pycocotools_loads(generated):
 def test_fingerprint_tracks_spec(generated, tmp_path):
     assert split_is_current(SMALL, "train", generated["a"])
     assert not split_is_current(SMALL, "val", generated["a"])
-    assert split_is_current(ShapesSpec(**{**SMALL.__dict__, "num_val": 99}), "train", generated["a"])
-    assert not split_is_current(ShapesSpec(**{**SMALL.__dict__, "seed": 5}), "train", generated["a"])
+    more_val, other_seed = (ShapesSpec(**{**SMALL.__dict__, k: 99}) for k in ("num_val", "seed"))
+    assert split_is_current(more_val, "train", generated["a"])
+    assert not split_is_current(other_seed, "train", generated["a"])
     assert not [f for f in os.listdir(os.path.join(generated["a"], "annotations")) if ".tmp" in f]
     # a run interrupted after removing the old fingerprint leaves a split that is not current
     os.remove(os.path.join(generated["b"], "annotations", "train.fingerprint"))

@@ -27,7 +27,8 @@ def draw_samples(dataset_name: str, num: int, seed: int, scale: float):
     """Annotated RGB images (H, W, 3) uint8 of `num` random samples of `dataset_name`."""
     dicts = DatasetCatalog.get(dataset_name)
     metadata = MetadataCatalog.get(dataset_name)
-    chosen = np.random.default_rng(seed).choice(len(dicts), size=min(num, len(dicts)), replace=False)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(dicts), size=min(num, len(dicts)), replace=False)
     images = []
     for index in sorted(chosen):
         record = dicts[index]

@@ -133,7 +133,8 @@ def validate_coco_dict(data, json_file: str, image_root: Optional[str] = None) -
             if not _is_int(record["id"]):
                 fail(_where(section, i, record), "id is not an integer")
             if record["id"] in seen:
-                fail(_where(section, i, record), f"duplicate id (see {section}[{seen[record['id']]}])")
+                first = f"{section}[{seen[record['id']]}]"
+                fail(_where(section, i, record), f"duplicate id (also used by {first})")
             seen[record["id"]] = i
     if not data["categories"]:
         fail("categories", "no category is declared")
