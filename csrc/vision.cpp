@@ -24,4 +24,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
 TORCH_LIBRARY(d2align, m) {
   // Schemas of the ops; implementations live beside each op (csrc/<op>/).
+  // Precise RoI Pooling (csrc/prroi_pool/): rois (R, 5) rows (batch_idx, x1, y1, x2, y2).
+  m.def(
+      "prroi_pool_forward(Tensor input, Tensor rois, float spatial_scale, int pooled_height, "
+      "int pooled_width) -> Tensor");
+  m.def(
+      "prroi_pool_backward_input(Tensor grad_output, Tensor rois, float spatial_scale, "
+      "int[] input_shape) -> Tensor");
+  m.def(
+      "prroi_pool_backward_rois(Tensor grad_output, Tensor input, Tensor rois, "
+      "float spatial_scale) -> Tensor");
 }
