@@ -1,0 +1,1 @@
+"""IoU-Net (Jiang et al., ECCV 2018) on detectron2."""

@@ -1,0 +1,1 @@
+"""Mutual Guidance (Zhang et al., ACCV 2020) label assignment on detectron2."""

@@ -1,0 +1,1 @@
+"""The five paper projects, each installed as d2align.projects.<name> from projects/<Name>/<name>/."""
