@@ -34,4 +34,14 @@ TORCH_LIBRARY(d2align, m) {
   m.def(
       "prroi_pool_backward_rois(Tensor grad_output, Tensor input, Tensor rois, "
       "float spatial_scale) -> Tensor");
+  // NMS family (csrc/nms/): each returns (keep, scores), batched over classes by `idxs`.
+  m.def(
+      "iou_guided_nms(Tensor boxes, Tensor cls_scores, Tensor loc_scores, Tensor idxs, "
+      "float iou_threshold) -> (Tensor, Tensor)");
+  m.def(
+      "soft_nms(Tensor boxes, Tensor scores, Tensor idxs, str method, float iou_threshold, "
+      "float sigma, float score_threshold) -> (Tensor, Tensor)");
+  m.def(
+      "cl_balanced_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold, "
+      "float temperature, float dis_scale) -> (Tensor, Tensor)");
 }

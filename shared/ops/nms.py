@@ -1,0 +1,222 @@
+"""The NMS family: IoU-guided NMS, Soft-NMS and Classification-Localization-balanced NMS.
+
+All are batched over classes like detectron2's / torchvision's `batched_nms`: boxes with
+different `idxs` never interact, and the result equals running each class independently (the
+kernels process one class at a time, so no coordinate offset perturbs the IoUs). Ties are
+broken deterministically, by the lower box index. The slow references of each algorithm are in
+`d2align.ops.nms_reference`.
+
+Shapes: N boxes, K kept.
+    boxes:  Tensor[N, 4], float32/float64, XYXY absolute pixels
+    scores: Tensor[N], the dtype of boxes
+    idxs:   integer Tensor[N], the class (or any group id) of each box
+    keep:   int64 Tensor[K], indices into the N boxes
+
+IoU is detectron2's `pairwise_iou` (no +1; 0 for boxes that do not intersect, so boxes of zero
+area never suppress anything); "overlap" means IoU > threshold, strictly, like torchvision.
+
+IoU-guided NMS has a CUDA kernel (when d2align._C is built with CUDA); Soft-NMS and CL-balanced
+NMS are sequential by nature and run on CPU, inputs on a GPU are copied there and back.
+"""
+from typing import Tuple
+
+import torch
+
+from ._ext import compiled_with_cuda, require_ext
+
+__all__ = ["batched_iou_guided_nms", "batched_soft_nms", "batched_cl_balanced_nms"]
+
+
+def _check_inputs(op: str, boxes: torch.Tensor, idxs: torch.Tensor, **scores) -> torch.Tensor:
+    """Validates the common arguments; returns idxs as int64."""
+    if not isinstance(boxes, torch.Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{op}: boxes must be a Tensor of shape [N, 4], got {_shape(boxes)}")
+    if boxes.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{op}: boxes must be float32 or float64, got {boxes.dtype}")
+    n = boxes.shape[0]
+    if not torch.isfinite(boxes).all():
+        raise ValueError(f"{op}: boxes contain non-finite values (nan or inf)")
+    for name, s in scores.items():
+        if not isinstance(s, torch.Tensor) or s.shape != (n,):
+            raise ValueError(f"{op}: {name} must be a Tensor of shape [{n}], got {_shape(s)}")
+        if s.dtype != boxes.dtype:
+            raise TypeError(
+                f"{op}: {name} must have the dtype of boxes ({boxes.dtype}), got {s.dtype}"
+            )
+        if s.device != boxes.device:
+            raise ValueError(f"{op}: {name} is on {s.device} but boxes are on {boxes.device}")
+        if not torch.isfinite(s).all():
+            raise ValueError(f"{op}: {name} contain non-finite values (nan or inf)")
+    if not isinstance(idxs, torch.Tensor) or idxs.shape != (n,):
+        raise ValueError(f"{op}: idxs must be a Tensor of shape [{n}], got {_shape(idxs)}")
+    if idxs.dtype.is_floating_point or idxs.dtype.is_complex or idxs.dtype == torch.bool:
+        raise TypeError(f"{op}: idxs must be an integer tensor, got {idxs.dtype}")
+    if idxs.device != boxes.device:
+        raise ValueError(f"{op}: idxs is on {idxs.device} but boxes are on {boxes.device}")
+    return idxs.long()
+
+
+def _check_threshold(op: str, name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{op}: {name} must be in [0, 1], got {value}")
+
+
+def _shape(x) -> str:
+    return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _on_cpu(op, *tensors, **kwargs) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Runs a CPU-only op, moving its inputs to CPU and its results back to their device."""
+    device = tensors[0].device
+    keep, scores = op(*[t.cpu() for t in tensors], **kwargs)
+    return keep.to(device), scores.to(device)
+
+
+def batched_iou_guided_nms(
+    boxes: torch.Tensor,
+    cls_scores: torch.Tensor,
+    loc_scores: torch.Tensor,
+    idxs: torch.Tensor,
+    iou_threshold: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """IoU-guided NMS (IoU-Net, Jiang et al. ECCV 2018, Algorithm 1), per class.
+
+    Repeatedly takes the remaining box `m` with the highest localization confidence (predicted
+    IoU), removes every remaining box `j` of its class with IoU(m, j) > `iou_threshold`, and
+    gives `m` the classification score max(s_m, s_j over the removed j).
+
+    Args:
+        boxes (Tensor[N, 4]): XYXY absolute.
+        cls_scores (Tensor[N]): classification confidences S.
+        loc_scores (Tensor[N]): localization confidences I (predicted IoU), the ranking key.
+        idxs (Tensor[N]): class of each box.
+        iou_threshold (float): Omega_nms.
+
+    Returns:
+        keep (int64 Tensor[K]): kept boxes, sorted by (loc_scores desc, index asc).
+        scores (Tensor[K]): their updated classification scores.
+    """
+    op = "batched_iou_guided_nms"
+    idxs = _check_inputs(op, boxes, idxs, cls_scores=cls_scores, loc_scores=loc_scores)
+    _check_threshold(op, "iou_threshold", iou_threshold)
+    require_ext("iou_guided_nms")
+    args = (boxes, cls_scores, loc_scores, idxs)
+    if boxes.is_cuda and not compiled_with_cuda():
+        return _on_cpu(torch.ops.d2align.iou_guided_nms, *args, iou_threshold=iou_threshold)
+    return torch.ops.d2align.iou_guided_nms(*args, iou_threshold=iou_threshold)
+
+
+def batched_soft_nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    idxs: torch.Tensor,
+    method: str = "linear",
+    iou_threshold: float = 0.3,
+    sigma: float = 0.5,
+    score_threshold: float = 0.001,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Soft-NMS (Bodla et al. ICCV 2017), per class.
+
+    Repeatedly takes the remaining box `m` with the highest current score and decays the score
+    of every other remaining box `j` of its class: linear, s_j *= 1 - IoU(m, j) when
+    IoU(m, j) > `iou_threshold`; Gaussian, s_j *= exp(-IoU(m, j)^2 / sigma) (the threshold is
+    not used). A box whose score falls below `score_threshold` is dropped (also initially).
+
+    Args:
+        boxes (Tensor[N, 4]): XYXY absolute.
+        scores (Tensor[N]): classification scores.
+        idxs (Tensor[N]): class of each box.
+        method (str): "linear" or "gaussian".
+        iou_threshold (float): N_t of the linear method.
+        sigma (float): sigma of the Gaussian method, > 0.
+        score_threshold (float): boxes with a (decayed) score below it are dropped.
+
+    Returns:
+        keep (int64 Tensor[K]): kept boxes, sorted by (new score desc, index asc), which within a
+            class is the order of selection.
+        scores (Tensor[K]): their decayed scores.
+    """
+    op = "batched_soft_nms"
+    idxs = _check_inputs(op, boxes, idxs, scores=scores)
+    if method not in ("linear", "gaussian"):
+        raise ValueError(f"{op}: method must be 'linear' or 'gaussian', got {method!r}")
+    _check_threshold(op, "iou_threshold", iou_threshold)
+    if not sigma > 0:
+        raise ValueError(f"{op}: sigma must be positive, got {sigma}")
+    require_ext("soft_nms")
+    return _on_cpu(
+        torch.ops.d2align.soft_nms,
+        boxes,
+        scores,
+        idxs,
+        method=method,
+        iou_threshold=iou_threshold,
+        sigma=sigma,
+        score_threshold=score_threshold,
+    )
+
+
+def batched_cl_balanced_nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    idxs: torch.Tensor,
+    iou_threshold: float = 0.5,
+    temperature: float = 1.0,
+    dis_scale: float = 1.0,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Classification-Localization-balanced NMS (DC Loss paper, §3, eq. 6-7), per class.
+
+    The paper estimates the object's center as the softmax-weighted mean of the box centers
+    (eq. 6) and selects by `p_i + dis(c_i, c_hat)` (eq. 7), without saying over which boxes the
+    mean runs or what `dis` is. We make it precise as follows.
+
+    1. Clusters. Boxes are visited by (score desc, index asc), as in standard NMS. The first
+       unvisited box is a seed; its cluster is the seed plus every unvisited box of its class
+       with IoU(seed, box) > `iou_threshold`; all of them are then visited. The clusters are
+       exactly the suppression groups of standard NMS (the seeds are what torchvision `nms`
+       keeps), so the set of objects found does not change; only the box representing each
+       object does, which is the paper's intent (the localization factor chooses among
+       duplicates of one object).
+    2. Weighted center (eq. 6): c_hat = sum_k w_k c_k, w = softmax(p / temperature) over the
+       cluster, c_k the center of box k. temperature = 1 is eq. 6 with f = p; a smaller
+       temperature concentrates the weights on the most confident boxes.
+    3. dis (eq. 7): dis(c_k, c_hat) = dis_scale * (1 - |c_k - c_hat| / g), with g the
+       diagonal of the smallest box enclosing the cluster (0 when g = 0). The ratio is in
+       [0, 1] (c_k and c_hat lie in the enclosing box; clamped against rounding), so dis
+       decreases linearly from dis_scale at the center to 0, and is invariant to the object's
+       scale, like DIoU's center penalty rho^2 / c^2; it is linear rather than squared so that
+       the small offsets inside one cluster still move the selection. With dis_scale = 1, p
+       and dis have the same range [0, 1], the "balance" of the name.
+    4. Selection: the cluster is represented by the argmax of p_k + dis_k (the first in visit
+       order among equals), returned with that selection score.
+
+    Args:
+        boxes (Tensor[N, 4]): XYXY absolute.
+        scores (Tensor[N]): classification scores p.
+        idxs (Tensor[N]): class of each box.
+        iou_threshold (float): the NMS threshold forming the clusters.
+        temperature (float): temperature of the softmax of eq. 6, > 0.
+        dis_scale (float): the weight of dis against p in eq. 7, >= 0; 0 gives standard NMS.
+
+    Returns:
+        keep (int64 Tensor[K]): one box per cluster, sorted by (selection score desc, index
+            asc). `scores[keep]` are their classification scores.
+        selection_scores (Tensor[K]): their p + dis.
+    """
+    op = "batched_cl_balanced_nms"
+    idxs = _check_inputs(op, boxes, idxs, scores=scores)
+    _check_threshold(op, "iou_threshold", iou_threshold)
+    if not temperature > 0:
+        raise ValueError(f"{op}: temperature must be positive, got {temperature}")
+    if not dis_scale >= 0:
+        raise ValueError(f"{op}: dis_scale must be >= 0, got {dis_scale}")
+    require_ext("cl_balanced_nms")
+    return _on_cpu(
+        torch.ops.d2align.cl_balanced_nms,
+        boxes,
+        scores,
+        idxs,
+        iou_threshold=iou_threshold,
+        temperature=temperature,
+        dis_scale=dis_scale,
+    )
