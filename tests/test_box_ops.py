@@ -56,9 +56,7 @@ def test_aligned_iou_degenerate_is_zero_with_finite_grad():
 def test_aligned_iou_gradient_matches_finite_differences():
     b1 = torch.tensor([[1.0, 2.0, 7.0, 9.0], [0.5, 0.5, 3.0, 2.0]], dtype=torch.float64)
     b2 = torch.tensor([[2.0, 1.0, 8.0, 6.0], [1.0, 0.0, 2.5, 3.0]], dtype=torch.float64)
-    assert torch.autograd.gradcheck(
-        lambda b: aligned_iou(b, b2), (b1.clone().requires_grad_(),)
-    )
+    assert torch.autograd.gradcheck(lambda b: aligned_iou(b, b2), (b1.clone().requires_grad_(),))
 
 
 def test_aligned_iou_bad_shapes():
@@ -96,8 +94,8 @@ def test_proposal_iou_targets_no_gt_and_errors():
     props = Boxes(torch.tensor([[0.0, 0.0, 10.0, 5.0], [1.0, 1.0, 2.0, 2.0]]))
     empty_gt = Boxes(torch.zeros(0, 4))
     # detectron2's Matcher gives index 0 when an image has no GT
-    assert torch.equal(proposal_iou_targets(props, empty_gt, torch.zeros(2, dtype=torch.long)),
-                       torch.zeros(2))
+    targets = proposal_iou_targets(props, empty_gt, torch.zeros(2, dtype=torch.long))
+    assert torch.equal(targets, torch.zeros(2))
     gt = Boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0]]))
     with pytest.raises(ValueError, match="index 1"):
         proposal_iou_targets(props, gt, torch.tensor([0, 1]))

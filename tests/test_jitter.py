@@ -6,7 +6,12 @@ import torch
 from d2align.structures import aligned_iou, sample_jittered_boxes
 
 GT = torch.tensor(
-    [[10.0, 20.0, 110.0, 80.0], [200.0, 50.0, 230.0, 250.0], [5.0, 5.0, 9.0, 12.0], [0, 0, 640, 480]]
+    [
+        [10.0, 20.0, 110.0, 80.0],
+        [200.0, 50.0, 230.0, 250.0],
+        [5.0, 5.0, 9.0, 12.0],
+        [0.0, 0.0, 640.0, 480.0],
+    ]
 )
 
 # Chi-square critical value at p = 0.001 for 49 degrees of freedom (scipy.stats.chi2.ppf).
@@ -131,7 +136,11 @@ def test_unfillable_bins_warn_and_return_fewer():
     g = torch.Generator().manual_seed(5)
     with pytest.warns(RuntimeWarning, match=r"could not fill 16 IoU bin\(s\)") as record:
         boxes, _, iou = sample_jittered_boxes(
-            GT, 200, scale_range=(1.0, 1.0), shift_range=0.0, aspect_range=(1 / 1.1, 1.1),
+            GT,
+            200,
+            scale_range=(1.0, 1.0),
+            shift_range=0.0,
+            aspect_range=(1 / 1.1, 1.1),
             generator=g,
         )
     assert "[0.500, 0.525): 10 missing" in str(record[0].message)

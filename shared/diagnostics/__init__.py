@@ -1,0 +1,18 @@
+"""Detector-agnostic diagnostics (misalignment of classification and localization)."""
+from .misalignment import (
+    IOU_BIN_EDGES,
+    localization_correlation,
+    match_detections_to_gt,
+    plot_positives_by_iou,
+    plot_score_vs_iou,
+    positives_by_iou,
+)
+
+__all__ = [
+    "IOU_BIN_EDGES",
+    "localization_correlation",
+    "match_detections_to_gt",
+    "plot_positives_by_iou",
+    "plot_score_vs_iou",
+    "positives_by_iou",
+]
