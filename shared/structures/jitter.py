@@ -207,9 +207,9 @@ def sample_jittered_boxes(
         taken_iou.append(iou[keep])
 
     if need.sum() > 0:
-        width = (max_iou - min_iou) / num_bins
+        edges = torch.linspace(min_iou, max_iou, num_bins + 1).tolist()
         short = [
-            f"[{min_iou + b * width:.3f}, {min_iou + (b + 1) * width:.3f}): {int(need[b])} missing"
+            f"[{edges[b]:.3f}, {edges[b + 1]:.3f}): {int(need[b])} missing"
             for b in need.nonzero().squeeze(1).tolist()
         ]
         warnings.warn(
