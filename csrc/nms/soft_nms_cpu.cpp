@@ -5,7 +5,7 @@
 
 #include "nms/nms.h"
 #include "nms/nms_utils.h"
-#include "nms/nms_cpu_utils.h"
+#include "nms/nms_host_utils.h"
 
 namespace d2align {
 

@@ -1,4 +1,4 @@
-// Host-side helpers shared by the CPU kernels of the NMS family: input checks, the
+// Host-side helpers of the NMS family (CPU kernels and CUDA launchers): input checks, the
 // class-major processing order, and the deterministic ordering of the result.
 #pragma once
 #include <torch/types.h>
@@ -7,6 +7,8 @@
 #include <numeric>
 #include <tuple>
 #include <vector>
+
+#include "nms/nms_utils.h"
 
 namespace d2align {
 namespace nms_utils {
