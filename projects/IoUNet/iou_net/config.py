@@ -1,0 +1,55 @@
+"""Config keys of IoU-Net (Jiang et al., ECCV 2018), under `MODEL.IOU_NET`.
+
+Paper symbols in the comments; defaults are the paper's (§3.1, §3.4) where it gives a value.
+"""
+from detectron2.config import CfgNode as CN
+
+from d2align.config import add_d2align_config
+
+NMS_TYPES = ("standard", "soft_linear", "soft_gaussian", "iou_guided")
+
+
+def add_iou_net_config(cfg: CN) -> None:
+    """Add the IoU-Net keys to `cfg` in place (idempotent)."""
+    add_d2align_config(cfg)
+    if "IOU_NET" in cfg.MODEL:
+        return
+    _C = cfg.MODEL.IOU_NET = CN()
+
+    # ---- IoU predictor (§3.1, §3.4): PrRoI-pooled FPN features -> 2 FC -> one IoU per class
+    _C.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    # PrRoIPool is what makes the predicted IoU differentiable w.r.t. the box (§3.3); any
+    # detectron2 ROIPooler type is accepted for ablations, but not with REFINE.ENABLED
+    _C.POOLER_TYPE = "PrRoIPool"
+    _C.POOLER_RESOLUTION = 7
+    _C.POOLER_SAMPLING_RATIO = 0
+    _C.FC_DIMS = [1024, 1024]  # the "two-layer feedforward network"
+    # "zero-mean Gaussian with standard deviation 0.01 or 0.001": hidden FCs / output layer
+    _C.FC_INIT_STD = 0.01
+    _C.PRED_INIT_STD = 0.001
+
+    # ---- training of the IoU predictor (§3.1, §3.4)
+    _C.IOU_LOSS_WEIGHT = 1.0
+    _C.IOU_LOSS_BETA = 1.0  # smooth-L1 transition point (paper: "smooth-L1", no value)
+    _C.NUM_JITTER_SAMPLES = 128  # jittered GT boxes per image (paper: no value)
+    _C.JITTER = CN()
+    _C.JITTER.MIN_IOU = 0.5  # Omega_train; IoU targets [MIN_IOU, 1] are mapped to [-1, 1]
+    _C.JITTER.NUM_BINS = 20  # IoU bins filled equally ("uniformly w.r.t. the IoU")
+    _C.JITTER.SCALE_RANGE = (0.5, 2.0)  # box scale factor, log-uniform
+    _C.JITTER.SHIFT_RANGE = 0.3  # center shift, fraction of the box width / height
+    _C.JITTER.ASPECT_RANGE = (0.5, 2.0)  # aspect-ratio factor, log-uniform
+
+    # ---- inference (§3.2, §3.4): NMS, then refinement of the most confident boxes
+    # "standard" (classification score), "soft_linear" / "soft_gaussian" (Soft-NMS),
+    # "iou_guided" (Algorithm 1: rank by predicted IoU, keep the cluster's max score)
+    _C.NMS_TYPE = "iou_guided"
+    _C.NMS_THRESH = 0.5  # Omega_nms (N_t of linear Soft-NMS)
+    _C.SOFT_NMS_SIGMA = 0.5  # sigma of Gaussian Soft-NMS
+    _C.SOFT_NMS_SCORE_THRESH = 0.001  # Soft-NMS drops boxes whose decayed score falls below
+    _C.REFINE = CN()
+    _C.REFINE.ENABLED = True  # optimization-based refinement (Algorithm 2)
+    _C.REFINE.STEP_SIZE = 0.5  # lambda
+    _C.REFINE.OMEGA1 = 0.001  # Omega_1, early-stop threshold
+    _C.REFINE.OMEGA2 = -0.01  # Omega_2 < 0, localization degeneration tolerance
+    _C.REFINE.MAX_ITERS = 5  # T
+    _C.REFINE.TOPK = 100  # the most confident boxes after NMS that are refined
