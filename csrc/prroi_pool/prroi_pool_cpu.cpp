@@ -21,16 +21,17 @@ using prroi_pool::RoIGeometry;
 
 // Per-bin pixel ranges and kernel integrals (and optionally their edge derivatives) along one
 // axis of one RoI. Bin k touches pixels first[k] .. first[k] + (offset[k+1] - offset[k]) - 1,
-// whose weights are w[offset[k] ..].
+// whose mean weights are w[offset[k] ..].
 template <typename T>
 struct AxisTable {
   int union_first = 0;  // pixels touched by any bin: union_first .. union_last
   int union_last = -1;
   std::vector<int> first;
   std::vector<int> offset;
-  std::vector<T> w;
-  std::vector<T> dlo;
-  std::vector<T> dhi;
+  std::vector<T> inv_len;  // per bin: 1 / (hi - lo)
+  std::vector<T> w;  // mean_weight
+  std::vector<T> dlo;  // dweight_dlo
+  std::vector<T> dhi;  // dweight_dhi
 
   void build(T start, T length, int bins, int size, bool with_derivatives) {
     const BinAxis<T> all = prroi_pool::make_bin_axis(start, length, 0, 1, size);
@@ -38,6 +39,7 @@ struct AxisTable {
     union_last = all.last;
     first.resize(bins);
     offset.resize(bins + 1);
+    inv_len.resize(bins);
     w.clear();
     dlo.clear();
     dhi.clear();
@@ -46,9 +48,10 @@ struct AxisTable {
       // Rounding in start + (k + 1) * (length / bins) must not reach past the union's pixels.
       const int last = std::min(axis.last, union_last);
       first[k] = std::max(axis.first, union_first);
+      inv_len[k] = axis.inv_len;
       offset[k] = static_cast<int>(w.size());
       for (int i = first[k]; i <= last; ++i) {
-        w.push_back(axis.weight(i));
+        w.push_back(axis.mean_weight(i));
         if (with_derivatives) {
           dlo.push_back(axis.dweight_dlo(i));
           dhi.push_back(axis.dweight_dhi(i));
@@ -113,7 +116,6 @@ void forward_kernel(
     std::vector<T> sums;
     int64_t cached = -1;
     RoIGeometry<T> g{};
-    T inv_area = T(0);
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t r = idx / channels;
       const int c = static_cast<int>(idx % channels);
@@ -123,7 +125,6 @@ void forward_kernel(
         if (g.valid) {
           tx.build(g.x0, g.width, pw, width, false);
           ty.build(g.y0, g.height, ph, height, false);
-          inv_area = T(ph) * T(pw) / (g.width * g.height);
         }
       }
       T* out = output + idx * bins;
@@ -142,7 +143,7 @@ void forward_kernel(
           for (int j = 0; j < n; ++j) {
             s += wy[j] * rs[j * pw + k];
           }
-          out[l * pw + k] = s * inv_area;
+          out[l * pw + k] = s;
         }
       }
     }
@@ -167,7 +168,7 @@ void backward_input_kernel(
   const int64_t bins = static_cast<int64_t>(ph) * pw;
   at::parallel_for(0, channels, 1, [&](int64_t c_begin, int64_t c_end) {
     AxisTable<T> tx, ty;
-    std::vector<T> col;  // col[(j - union_first) * pw + k] = sum_l wy_l(j) * grad[l][k] / area
+    std::vector<T> col;  // col[(j - union_first) * pw + k] = sum_l wy_l(j) * grad[l][k]
     for (int64_t r = 0; r < num_rois; ++r) {
       const RoIGeometry<T> g = prroi_pool::make_roi(rois + r * 5, spatial_scale, num_images);
       if (!g.valid) {
@@ -178,7 +179,6 @@ void backward_input_kernel(
       if (tx.rows() == 0 || ty.rows() == 0) {
         continue;
       }
-      const T inv_area = T(ph) * T(pw) / (g.width * g.height);
       for (int64_t c = c_begin; c < c_end; ++c) {
         const T* go = grad_output + (r * channels + c) * bins;
         T* plane = grad_input + (static_cast<int64_t>(g.batch) * channels + c) * height * width;
@@ -187,9 +187,8 @@ void backward_input_kernel(
           const T* wy = ty.w.data() + ty.offset[l];
           T* cl = col.data() + static_cast<int64_t>(ty.first[l] - ty.union_first) * pw;
           for (int j = 0; j < ty.count(l); ++j) {
-            const T a = wy[j] * inv_area;
             for (int k = 0; k < pw; ++k) {
-              cl[j * pw + k] += a * go[l * pw + k];
+              cl[j * pw + k] += wy[j] * go[l * pw + k];
             }
           }
         }
@@ -238,9 +237,6 @@ void backward_rois_kernel(
       }
       tx.build(g.x0, g.width, pw, width, true);
       ty.build(g.y0, g.height, ph, height, true);
-      const T bin_w = g.width / T(pw);
-      const T bin_h = g.height / T(ph);
-      const T inv_area = T(1) / (bin_w * bin_h);
       T dx1 = T(0), dx2 = T(0), dy1 = T(0), dy2 = T(0);
       for (int c = 0; c < channels; ++c) {
         const T* plane = input + (static_cast<int64_t>(g.batch) * channels + c) * height * width;
@@ -269,16 +265,15 @@ void backward_rois_kernel(
               sy_lo += wy_lo[j] * s0[e];
               sy_hi += wy_hi[j] * s0[e];
             }
-            const T avg = s * inv_area;
             prroi_pool::add_bin_edge_grad(
-                grad * (sx_lo * inv_area + avg / bin_w),
-                grad * (sx_hi * inv_area - avg / bin_w),
+                grad * (sx_lo + s * tx.inv_len[k]),
+                grad * (sx_hi - s * tx.inv_len[k]),
                 k,
                 pw,
                 &dx1,
                 &dx2);
-            d_ylo += grad * (sy_lo * inv_area + avg / bin_h);
-            d_yhi += grad * (sy_hi * inv_area - avg / bin_h);
+            d_ylo += grad * (sy_lo + s * ty.inv_len[l]);
+            d_yhi += grad * (sy_hi - s * ty.inv_len[l]);
           }
           prroi_pool::add_bin_edge_grad(d_ylo, d_yhi, l, ph, &dy1, &dy2);
         }

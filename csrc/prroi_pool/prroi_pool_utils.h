@@ -7,8 +7,9 @@
 // fades to 0 within one cell outside the map. Because the interpolation kernel is a product, the
 // integral of eq. (3) over a bin [xa, xb] x [ya, yb] separates exactly:
 //   int_ya^yb int_xa^xb f = sum_{i,j} w[j][i] * Kx(i) * Ky(j),
-//   Kx(i) = int_xa^xb hat(x - i) dx = H(xb - i) - H(xa - i),   H(t) = int_{-inf}^t hat,
-// a closed form, so each bin is an exact weighted sum of the pixels it touches. Its derivatives
+//   Kx(i) = int_xa^xb hat(x - i) dx,
+// a closed form (hat is linear on [i - 1, i] and on [i, i + 1], so Kx is the sum of at most two
+// trapezoids), and each bin is an exact weighted sum of the pixels it touches. Its derivatives
 // w.r.t. the bin edges (eq. 4) need dKx(i)/dxb = hat(xb - i) and dKx(i)/dxa = -hat(xa - i).
 #pragma once
 
@@ -57,42 +58,46 @@ PRROI_HOST_DEVICE inline T hat(T t) {
   return a < T(1) ? T(1) - a : T(0);
 }
 
-// H(t) = integral of hat over (-inf, t]: 0, (t+1)^2/2, 1-(1-t)^2/2, 1 on the four pieces.
-template <typename T>
-PRROI_HOST_DEVICE inline T hat_primitive(T t) {
-  if (t <= T(-1)) {
-    return T(0);
-  }
-  if (t <= T(0)) {
-    return T(0.5) * (t + T(1)) * (t + T(1));
-  }
-  if (t < T(1)) {
-    return T(1) - T(0.5) * (T(1) - t) * (T(1) - t);
-  }
-  return T(1);
-}
-
-// One axis of one bin: the edges [lo, hi] on the feature grid (lo < hi, finite) and the range
-// [first, last] of in-map pixel indices whose interpolation kernel overlaps it (empty when
-// first > last, i.e. the bin lies wholly outside the map along this axis).
+// One axis of one bin: the edges [lo, hi] on the feature grid and the range [first, last] of
+// in-map pixel indices whose interpolation kernel overlaps it (empty when first > last: the bin
+// lies wholly outside the map along this axis, or has no extent in floating point).
+//
+// The kernels work with bin means rather than integrals: mean(i) = Kx(i) / (hi - lo), so that
+// a bin's output is sum_{i,j} mean_x(i) * mean_y(j) * w[j][i]. mean(i) is summed piece by piece
+// (left and right of pixel i, where hat is linear and its mean is its value at the piece's
+// midpoint) from lengths relative to hi - lo as computed: it stays accurate in float32 for tiny
+// bins far from the origin, where H(hi - i) - H(lo - i) would cancel catastrophically.
 template <typename T>
 struct BinAxis {
   T lo;
   T hi;
+  T inv_len;  // 1 / (hi - lo), 0 for an empty bin
   int first;
   int last;
 
-  // Integral of pixel i's kernel over the bin: Kx(i).
-  PRROI_HOST_DEVICE inline T weight(int i) const {
-    return hat_primitive(hi - T(i)) - hat_primitive(lo - T(i));
+  // Mean of pixel i's kernel over the bin: Kx(i) / (hi - lo).
+  PRROI_HOST_DEVICE inline T mean_weight(int i) const {
+    const T c = T(i);
+    const T a = lo > c - T(1) ? lo : c - T(1);
+    const T b = hi < c + T(1) ? hi : c + T(1);
+    T s = T(0);
+    const T left_end = b < c ? b : c;  // piece [a, min(b, i)], where hat(x - i) = 1 + x - i
+    if (left_end > a) {
+      s += (left_end - a) * (T(1) + T(0.5) * (a + left_end) - c);
+    }
+    const T right_start = a > c ? a : c;  // piece [max(a, i), b], where hat(x - i) = 1 - x + i
+    if (b > right_start) {
+      s += (b - right_start) * (T(1) - T(0.5) * (right_start + b) + c);
+    }
+    return s * inv_len;
   }
-  // d Kx(i) / d lo = -hat(lo - i).
+  // d Kx(i) / d lo / (hi - lo) = -hat(lo - i) / (hi - lo).
   PRROI_HOST_DEVICE inline T dweight_dlo(int i) const {
-    return -hat(lo - T(i));
+    return -hat(lo - T(i)) * inv_len;
   }
-  // d Kx(i) / d hi = hat(hi - i).
+  // d Kx(i) / d hi / (hi - lo) = hat(hi - i) / (hi - lo).
   PRROI_HOST_DEVICE inline T dweight_dhi(int i) const {
-    return hat(hi - T(i));
+    return hat(hi - T(i)) * inv_len;
   }
 };
 
@@ -106,6 +111,13 @@ PRROI_HOST_DEVICE inline BinAxis<T> make_bin_axis(T start, T length, int k, int 
   const T bin = length / T(bins);
   axis.lo = start + T(k) * bin;
   axis.hi = start + T(k + 1) * bin;
+  if (!(axis.hi > axis.lo)) {
+    axis.inv_len = T(0);
+    axis.first = 0;
+    axis.last = -1;
+    return axis;
+  }
+  axis.inv_len = T(1) / (axis.hi - axis.lo);
   const T lo_c = axis.lo < T(-1) ? T(-1) : (axis.lo > T(size) ? T(size) : axis.lo);
   const T hi_c = axis.hi < T(-1) ? T(-1) : (axis.hi > T(size) ? T(size) : axis.hi);
   const int first = floor_to_int(lo_c);
@@ -146,12 +158,12 @@ PRROI_HOST_DEVICE inline RoIGeometry<T> make_roi(const T* roi, T spatial_scale, 
   return g;
 }
 
-// Gradient of a bin average avg = S / (bin_w * bin_h) w.r.t. the bin's lower and upper edge on
-// one axis (eq. 4 and its analogue for the upper edge): d avg / d lo = dS_dlo / A + avg / bin,
-// d avg / d hi = dS_dhi / A - avg / bin, with A the bin area and `bin` its extent on the axis.
-// Bin k of `bins` has lo = start + k * (end - start) / bins and hi = start + (k + 1) * (...),
-// so the chain rule adds (1 - k / bins, k / bins) * d_lo + (1 - (k+1) / bins, (k+1) / bins) * d_hi
-// to the box's (d_start, d_end).
+// Chain rule from a bin's edges to its box. With avg the bin mean, the derivative w.r.t. a
+// lower edge is (eq. 4) d avg / d lo = sum mean_y * dweight_dlo * w + avg / (hi - lo), and w.r.t.
+// an upper edge d avg / d hi = sum mean_y * dweight_dhi * w - avg / (hi - lo). Bin k of `bins`
+// has lo = start + k * (end - start) / bins and hi = start + (k + 1) * (end - start) / bins, so
+// (1 - k / bins, k / bins) * d_lo + (1 - (k+1) / bins, (k+1) / bins) * d_hi is added to the
+// box's (d_start, d_end).
 template <typename T>
 PRROI_HOST_DEVICE inline void add_bin_edge_grad(
     T d_lo,
