@@ -63,6 +63,17 @@ def test_matches_reference_float64(case, seed):
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_matches_reference_with_tied_scores(case):
+    """Scores on a grid of 8 values, so that most boxes tie: broken by the lower index."""
+    op, reference, num_scores, kwargs = case
+    boxes, scores, idxs = clustered_inputs(200, 3, seed=9)
+    scores = [(s * 8).ceil() / 8 for s in scores]
+    keep, new_scores = run(op, boxes, scores, idxs, kwargs, num_scores)
+    ref_keep, ref_scores = run(reference, boxes, scores, idxs, kwargs, num_scores)
+    assert torch.equal(keep, ref_keep) and torch.equal(new_scores, ref_scores)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_matches_reference_float32(case):
     op, reference, num_scores, kwargs = case
     boxes, scores, idxs = clustered_inputs(150, 3, seed=7, dtype=torch.float32)
