@@ -76,7 +76,7 @@ class ShapesSpec:
     num_train: int = 2000
     num_val: int = 300
     objects_per_image: Tuple[int, int] = (2, 6)
-    object_size: Tuple[float, float] = (16.0, 176.0)
+    object_size: Tuple[float, float] = (24.0, 240.0)
     aspect_ratio: Tuple[float, float] = (0.25, 4.0)
     distractors_per_image: Tuple[int, int] = (3, 10)
     empty_fraction: float = 0.05
