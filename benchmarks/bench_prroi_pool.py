@@ -1,12 +1,13 @@
 """Speed of Precise RoI Pooling against detectron2's ROIAlignV2 on FPN-like inputs.
 
 Both poolers run forward + backward (to the features; PrRoI also with the box gradient that
-IoU-Net's refinement needs) on the same inputs in the same run, and the ratio of median times
-is printed. detectron2's "ROIAlignV2" is torchvision's ``roi_align`` with aligned=True, here with
+IoU-Net's refinement needs) on the same inputs in the same run, repeats interleaved, and the
+ratio of median times is printed. detectron2's "ROIAlignV2" is torchvision's ``roi_align`` with aligned=True, here with
 sampling_ratio=2. Boxes are assigned to P2-P5 by the poolers as in FPN.
 
 Usage:
-    python benchmarks/bench_prroi_pool.py [--device cpu|cuda] [--repeats 5] [--image 800 1216]
+    python benchmarks/bench_prroi_pool.py [--device cpu|cuda] [--repeats 5] [--threads N]
+        [--image 800 1216] [--output-sizes 7 14]
 """
 import argparse
 import statistics
@@ -42,21 +43,29 @@ def make_inputs(args, device, generator):
     return [f.to(device).requires_grad_() for f in features], box_lists
 
 
-def time_fwd_bwd(pooler, features, box_lists, repeats, device, box_grad=False):
-    times = []
-    for _ in range(repeats + 1):  # the first run warms up
-        for f in features:
-            f.grad = None
-        boxes = [Boxes(b.tensor.detach().requires_grad_(box_grad)) for b in box_lists]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = pooler(features, boxes)
-        out.backward(torch.ones_like(out))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+def time_fwd_bwd(pooler, features, box_lists, device, box_grad=False):
+    """Seconds for one forward + backward."""
+    for f in features:
+        f.grad = None
+    boxes = [Boxes(b.tensor.detach().requires_grad_(box_grad)) for b in box_lists]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = pooler(features, boxes)
+    out.backward(torch.ones_like(out))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def median_times(runs, repeats):
+    """Median seconds of each (name -> no-argument callable), runs interleaved so that all see
+    the same machine load; the first round warms up."""
+    times = {name: [] for name in runs}
+    for _ in range(repeats + 1):
+        for name, run in runs.items():
+            times[name].append(run())
+    return {name: statistics.median(t[1:]) for name, t in times.items()}
 
 
 def main():
@@ -68,7 +77,10 @@ def main():
     parser.add_argument("--channels", type=int, default=256)
     parser.add_argument("--image", type=int, nargs=2, default=[800, 1216], metavar=("H", "W"))
     parser.add_argument("--output-sizes", type=int, nargs="+", default=[7, 14])
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     generator = torch.Generator().manual_seed(0)
     features, box_lists = make_inputs(args, device, generator)
@@ -84,9 +96,15 @@ def main():
     for size in args.output_sizes:
         align = ROIPooler(size, SCALES, sampling_ratio=2, pooler_type="ROIAlignV2")
         prroi = PrRoIPooler(size, SCALES, sampling_ratio=0, pooler_type="PrRoIPool")
-        t_align = time_fwd_bwd(align, features, box_lists, args.repeats, device)
-        t_pr = time_fwd_bwd(prroi, features, box_lists, args.repeats, device)
-        t_box = time_fwd_bwd(prroi, features, box_lists, args.repeats, device, box_grad=True)
+        t = median_times(
+            {
+                "align": lambda: time_fwd_bwd(align, features, box_lists, device),
+                "prroi": lambda: time_fwd_bwd(prroi, features, box_lists, device),
+                "box": lambda: time_fwd_bwd(prroi, features, box_lists, device, box_grad=True),
+            },
+            args.repeats,
+        )
+        t_align, t_pr, t_box = t["align"], t["prroi"], t["box"]
         print(
             f"{size:>3}x{size:<3} {t_align * 1e3:>14.1f} {t_pr * 1e3:>13.1f} {t_pr / t_align:>6.2f}"
             f" {t_box * 1e3:>18.1f} {t_box / t_align:>6.2f}"

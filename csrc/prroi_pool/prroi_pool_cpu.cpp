@@ -32,6 +32,9 @@ struct AxisTable {
   std::vector<T> w;  // mean_weight
   std::vector<T> dlo;  // dweight_dlo
   std::vector<T> dhi;  // dweight_dhi
+  // dweight_dlo of bin k is 0 but at (at most) the two pixels around lo: entries
+  // lo_skip[k] .. lo_skip[k] + lo_count[k] - 1 of the bin's range; likewise for hi.
+  std::vector<int> lo_skip, lo_count, hi_skip, hi_count;
 
   void build(T start, T length, int bins, int size, bool with_derivatives) {
     const BinAxis<T> all = prroi_pool::make_bin_axis(start, length, 0, 1, size);
@@ -40,6 +43,10 @@ struct AxisTable {
     first.resize(bins);
     offset.resize(bins + 1);
     inv_len.resize(bins);
+    lo_skip.resize(bins);
+    lo_count.resize(bins);
+    hi_skip.resize(bins);
+    hi_count.resize(bins);
     w.clear();
     dlo.clear();
     dhi.clear();
@@ -57,8 +64,20 @@ struct AxisTable {
           dhi.push_back(axis.dweight_dhi(i));
         }
       }
+      edge_pixels(axis.lo, size, first[k], last, &lo_skip[k], &lo_count[k]);
+      edge_pixels(axis.hi, size, first[k], last, &hi_skip[k], &hi_count[k]);
     }
     offset[bins] = static_cast<int>(w.size());
+  }
+  // The pixels floor(edge), floor(edge) + 1 (where hat(edge - i) may be nonzero) within
+  // [first, last], as an offset from first and a count.
+  static void edge_pixels(T edge, int size, int first, int last, int* skip, int* count) {
+    const T clamped = edge < T(-1) ? T(-1) : (edge > T(size) ? T(size) : edge);
+    const int pixel = prroi_pool::floor_to_int(clamped);
+    const int begin = std::max(pixel, first);
+    const int end = std::min(pixel + 1, last);
+    *skip = begin - first;
+    *count = std::max(end - begin + 1, 0);
   }
   int count(int k) const {
     return offset[k + 1] - offset[k];
@@ -68,30 +87,48 @@ struct AxisTable {
   }
 };
 
-// sums[(j - ty.union_first) * pw + k] = sum_i weights_k(i) * plane[j][i] for every row j touched
-// by the RoI and every x bin k, with weights taken from `wx` (w, dlo or dhi of tx).
+// sums[(j - ty.union_first) * pw + k] = sum_i mean_x_k(i) * plane[j][i] for every row j touched
+// by the RoI and every x bin k. With `lo_sums` and `hi_sums` (RoI gradient), the same sums with
+// dweight_dlo and dweight_dhi, over the two pixels where these are nonzero.
 template <typename T>
 void x_row_sums(
     const T* plane,
     int width,
     const AxisTable<T>& tx,
-    const std::vector<T>& wx,
     const AxisTable<T>& ty,
     int pw,
-    std::vector<T>& sums) {
-  sums.assign(static_cast<size_t>(ty.rows()) * pw, T(0));
+    std::vector<T>& sums,
+    std::vector<T>* lo_sums = nullptr,
+    std::vector<T>* hi_sums = nullptr) {
+  const size_t n_sums = static_cast<size_t>(ty.rows()) * pw;
+  sums.assign(n_sums, T(0));
+  if (lo_sums != nullptr) {
+    lo_sums->assign(n_sums, T(0));
+    hi_sums->assign(n_sums, T(0));
+  }
   for (int j = ty.union_first; j <= ty.union_last; ++j) {
     const T* row = plane + static_cast<int64_t>(j) * width;
-    T* out = sums.data() + static_cast<int64_t>(j - ty.union_first) * pw;
+    const int64_t base = static_cast<int64_t>(j - ty.union_first) * pw;
     for (int k = 0; k < pw; ++k) {
       const T* px = row + tx.first[k];
-      const T* wk = wx.data() + tx.offset[k];
+      const T* wk = tx.w.data() + tx.offset[k];
       const int n = tx.count(k);
       T s = T(0);
       for (int i = 0; i < n; ++i) {
         s += wk[i] * px[i];
       }
-      out[k] = s;
+      sums[base + k] = s;
+      if (lo_sums != nullptr) {
+        T s_lo = T(0), s_hi = T(0);
+        for (int i = tx.lo_skip[k]; i < tx.lo_skip[k] + tx.lo_count[k]; ++i) {
+          s_lo += tx.dlo[tx.offset[k] + i] * px[i];
+        }
+        for (int i = tx.hi_skip[k]; i < tx.hi_skip[k] + tx.hi_count[k]; ++i) {
+          s_hi += tx.dhi[tx.offset[k] + i] * px[i];
+        }
+        (*lo_sums)[base + k] = s_lo;
+        (*hi_sums)[base + k] = s_hi;
+      }
     }
   }
 }
@@ -133,7 +170,7 @@ void forward_kernel(
         continue;
       }
       const T* plane = input + (static_cast<int64_t>(g.batch) * channels + c) * height * width;
-      x_row_sums(plane, width, tx, tx.w, ty, pw, sums);
+      x_row_sums(plane, width, tx, ty, pw, sums);
       for (int l = 0; l < ph; ++l) {
         const T* wy = ty.w.data() + ty.offset[l];
         const T* rs = sums.data() + static_cast<int64_t>(ty.first[l] - ty.union_first) * pw;
@@ -241,9 +278,7 @@ void backward_rois_kernel(
       for (int c = 0; c < channels; ++c) {
         const T* plane = input + (static_cast<int64_t>(g.batch) * channels + c) * height * width;
         const T* go = grad_output + (r * channels + c) * bins;
-        x_row_sums(plane, width, tx, tx.w, ty, pw, s0);
-        x_row_sums(plane, width, tx, tx.dlo, ty, pw, slo);
-        x_row_sums(plane, width, tx, tx.dhi, ty, pw, shi);
+        x_row_sums(plane, width, tx, ty, pw, s0, &slo, &shi);
         for (int l = 0; l < ph; ++l) {
           const int64_t base = static_cast<int64_t>(ty.first[l] - ty.union_first) * pw;
           const int n = ty.count(l);
