@@ -1,5 +1,6 @@
 """Tests of dataset registration and the checked COCO loader (d2align.data.datasets)."""
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -61,7 +62,7 @@ def test_shapes_registration_idempotent_and_regenerates(tmp_path, clean_catalog)
     register_shapes_datasets(root, SMALL, num_workers=1)  # same args: nothing changes
     assert DatasetCatalog.get(SHAPES_DATASETS["val"]) == first
     assert os.stat(json_file).st_mtime_ns == mtime
-    other = ShapesSpec(**{**SMALL.__dict__, "seed": 2})
+    other = dataclasses.replace(SMALL, seed=2)
     register_shapes_datasets(root, other, num_workers=1)  # another spec: regenerated on load
     assert DatasetCatalog.get(SHAPES_DATASETS["val"]) != first
     assert MetadataCatalog.get(SHAPES_DATASETS["val"]).shapes_spec["seed"] == 2

@@ -1,4 +1,5 @@
 """Tests of the synthetic shapes generator (d2align.data.synthetic)."""
+import dataclasses
 import json
 import os
 
@@ -47,7 +48,7 @@ def test_deterministic_for_a_seed(generated):
 
 def test_other_seed_or_split_differs():
     img, objects = render_sample(SMALL, "train", 0)
-    img_seed, _ = render_sample(ShapesSpec(**{**SMALL.__dict__, "seed": 4}), "train", 0)
+    img_seed, _ = render_sample(dataclasses.replace(SMALL, seed=4), "train", 0)
     img_split, _ = render_sample(SMALL, "val", 0)
     assert not np.array_equal(img, img_seed)
     assert not np.array_equal(img, img_split)
@@ -91,7 +92,7 @@ def test_pycocotools_loads(generated):
 def test_fingerprint_tracks_spec(generated, tmp_path):
     assert split_is_current(SMALL, "train", generated["a"])
     assert not split_is_current(SMALL, "val", generated["a"])
-    more_val, other_seed = (ShapesSpec(**{**SMALL.__dict__, k: 99}) for k in ("num_val", "seed"))
+    more_val, other_seed = (dataclasses.replace(SMALL, **{k: 99}) for k in ("num_val", "seed"))
     assert split_is_current(more_val, "train", generated["a"])
     assert not split_is_current(other_seed, "train", generated["a"])
     assert not [f for f in os.listdir(os.path.join(generated["a"], "annotations")) if ".tmp" in f]

@@ -14,8 +14,8 @@ Annotation rules:
       visible mask as compressed COCO RLE, `iscrowd` is 0;
     * every drawn object is annotated: a candidate object that would leave itself or an earlier
       object with fewer than `min_visible_pixels` visible pixels or less than
-      `min_visible_fraction` of its whole area visible is redrawn elsewhere (up to
-      `_MAX_TRIES` times) and otherwise left out of the image entirely;
+      `min_visible_fraction` of its whole area visible is redrawn (new class, size,
+      place; up to `_MAX_TRIES` times) and otherwise left out of the image entirely;
     * a fraction `empty_fraction` of the images have no object (only background and clutter).
 
 Layout written by `generate_split(spec, split, root)`:
@@ -138,7 +138,7 @@ def render_sample(spec: ShapesSpec, split: str, index: int) -> Tuple[np.ndarray,
         area = int(visible.sum())
         return occlusion_ok(area, full_area, spec.min_visible_pixels, spec.min_visible_fraction)
 
-    placed = []  # (class_idx, in-image mask, full area, paint seed)
+    placed = []  # (class_idx, in-image mask, full area), in drawing order
     lo, hi = spec.objects_per_image
     for _ in range(int(rng.integers(lo, hi + 1))):
         for _ in range(_MAX_TRIES):
