@@ -6,6 +6,10 @@ localization scores. For each N the table gives the median time of each op and i
 `batched_nms` with the same boxes, classes and threshold 0.5 (Soft-NMS at its defaults).
 
     python benchmarks/bench_nms.py [--device cpu|cuda] [--sizes 1000 5000 20000] [--repeats 7]
+                                   [--threads T]
+
+On a CPU shared with other jobs, torch's parallel regions (in batched_nms's per-class loop)
+can wait for a scheduler time slice; `--threads 1` gives steadier figures.
 """
 import argparse
 import statistics
@@ -57,7 +61,10 @@ def main():
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"device={args.device} threads={torch.get_num_threads()} repeats={args.repeats}")
     header = f"{'N':>6} {'op':<26} {'median ms':>10} {'x batched_nms':>14} {'kept':>6}"
     print(header)

@@ -253,6 +253,13 @@ def test_bad_inputs():
         batched_soft_nms(boxes, s, idxs, "gaussian", sigma=0.0)
     with pytest.raises(ValueError, match="temperature must be positive"):
         batched_cl_balanced_nms(boxes, s, idxs, temperature=0.0)
+    # the compiled ops check their inputs too
+    with pytest.raises(TypeError, match="soft_nms: scores must have the dtype of boxes"):
+        torch.ops.d2align.soft_nms(boxes, s.double(), idxs, "linear", 0.3, 0.5, 0.001)
+    with pytest.raises(ValueError, match="iou_guided_nms: cls_scores must have shape"):
+        torch.ops.d2align.iou_guided_nms(boxes, s[:4], loc, idxs, 0.5)
+    with pytest.raises(ValueError, match="cl_balanced_nms: scores contain non-finite"):
+        torch.ops.d2align.cl_balanced_nms(boxes, s / 0, idxs, 0.5, 1.0, 1.0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

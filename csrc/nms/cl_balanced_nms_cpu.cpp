@@ -95,10 +95,10 @@ std::tuple<at::Tensor, at::Tensor> cl_balanced_nms_cpu(const at::Tensor& boxes,
                                                        double iou_threshold,
                                                        double temperature,
                                                        double dis_scale) {
-  nms_utils::check_inputs("cl_balanced_nms", boxes, {&scores}, idxs);
-  TORCH_CHECK(temperature > 0, "cl_balanced_nms: temperature must be positive, got ",
+  nms_utils::check_inputs("cl_balanced_nms", boxes, {{"scores", &scores}}, idxs);
+  TORCH_CHECK_VALUE(temperature > 0, "cl_balanced_nms: temperature must be positive, got ",
               temperature);
-  TORCH_CHECK(dis_scale >= 0, "cl_balanced_nms: dis_scale must be >= 0, got ", dis_scale);
+  TORCH_CHECK_VALUE(dis_scale >= 0, "cl_balanced_nms: dis_scale must be >= 0, got ", dis_scale);
   std::tuple<at::Tensor, at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "cl_balanced_nms_cpu", [&] {
     result = cl_balanced_nms_cpu_kernel<scalar_t>(

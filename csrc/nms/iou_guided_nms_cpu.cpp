@@ -58,7 +58,8 @@ std::tuple<at::Tensor, at::Tensor> iou_guided_nms_cpu(const at::Tensor& boxes,
                                                       const at::Tensor& loc_scores,
                                                       const at::Tensor& idxs,
                                                       double iou_threshold) {
-  nms_utils::check_inputs("iou_guided_nms", boxes, {&cls_scores, &loc_scores}, idxs);
+  nms_utils::check_inputs("iou_guided_nms", boxes,
+                          {{"cls_scores", &cls_scores}, {"loc_scores", &loc_scores}}, idxs);
   std::tuple<at::Tensor, at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "iou_guided_nms_cpu", [&] {
     result = iou_guided_nms_cpu_kernel<scalar_t>(

@@ -116,7 +116,8 @@ std::tuple<at::Tensor, at::Tensor> iou_guided_nms_cuda(const at::Tensor& boxes,
                                                        const at::Tensor& loc_scores,
                                                        const at::Tensor& idxs,
                                                        double iou_threshold) {
-  nms_utils::check_inputs("iou_guided_nms", boxes, {&cls_scores, &loc_scores}, idxs);
+  nms_utils::check_inputs("iou_guided_nms", boxes,
+                          {{"cls_scores", &cls_scores}, {"loc_scores", &loc_scores}}, idxs);
   TORCH_CHECK(boxes.is_cuda(), "iou_guided_nms_cuda: boxes must be a CUDA tensor");
   at::cuda::CUDAGuard device_guard(boxes.device());
   const int64_t n = boxes.size(0);

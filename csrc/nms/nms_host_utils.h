@@ -4,8 +4,10 @@
 #include <torch/types.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "nms/nms_utils.h"
@@ -13,30 +15,56 @@
 namespace d2align {
 namespace nms_utils {
 
-// Checks boxes [N, 4] floating, each of `scores` [N] of the boxes' dtype and device, idxs [N]
-// int64 on the same device.
+// Raises a ValueError naming `name` if tensor `t` holds a nan or inf. On CPU a serial pass (a
+// parallel reduction can stall for a scheduler time slice on a busy machine).
+inline void check_finite(const char* op, const char* name, const at::Tensor& t) {
+  bool finite = true;
+  if (t.is_cpu()) {
+    const at::Tensor c = t.contiguous();
+    AT_DISPATCH_FLOATING_TYPES(c.scalar_type(), "check_finite", [&] {
+      const scalar_t* p = c.data_ptr<scalar_t>();
+      for (int64_t i = 0; i < c.numel(); ++i) {
+        finite = finite && std::isfinite(p[i]);
+      }
+    });
+  } else {
+    finite = at::isfinite(t).all().item<bool>();
+  }
+  TORCH_CHECK_VALUE(finite, op, ": ", name, " contain non-finite values (nan or inf)");
+}
+
+// Checks boxes [N, 4] float32/float64 and finite; each of `scores` (name, tensor) [N] finite,
+// of the boxes' dtype and device; idxs [N] int64 on the same device.
 inline void check_inputs(const char* op,
                          const at::Tensor& boxes,
-                         std::initializer_list<const at::Tensor*> scores,
+                         std::initializer_list<std::pair<const char*, const at::Tensor*>> scores,
                          const at::Tensor& idxs) {
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, op, ": boxes must have shape [N, 4], got ",
-              boxes.sizes());
-  TORCH_CHECK(boxes.scalar_type() == at::kFloat || boxes.scalar_type() == at::kDouble, op,
-              ": boxes must be float32 or float64, got ", boxes.scalar_type());
+  TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, op,
+                    ": boxes must have shape [N, 4], got ", boxes.sizes());
+  TORCH_CHECK_TYPE(boxes.scalar_type() == at::kFloat || boxes.scalar_type() == at::kDouble, op,
+                   ": boxes must be float32 or float64, got ", boxes.scalar_type());
   const int64_t n = boxes.size(0);
-  for (const at::Tensor* s : scores) {
-    TORCH_CHECK(s->dim() == 1 && s->size(0) == n, op, ": scores must have shape [", n, "], got ",
-                s->sizes());
-    TORCH_CHECK(s->scalar_type() == boxes.scalar_type(), op,
-                ": scores must have the dtype of boxes (", boxes.scalar_type(), "), got ",
-                s->scalar_type());
-    TORCH_CHECK(s->device() == boxes.device(), op, ": scores and boxes are on different devices");
+  for (const auto& named : scores) {
+    const char* name = named.first;
+    const at::Tensor& s = *named.second;
+    TORCH_CHECK_VALUE(s.dim() == 1 && s.size(0) == n, op, ": ", name, " must have shape [", n,
+                      "], got ", s.sizes());
+    TORCH_CHECK_TYPE(s.scalar_type() == boxes.scalar_type(), op, ": ", name,
+                     " must have the dtype of boxes (", boxes.scalar_type(), "), got ",
+                     s.scalar_type());
+    TORCH_CHECK_VALUE(s.device() == boxes.device(), op, ": ", name,
+                      " and boxes are on different devices");
   }
-  TORCH_CHECK(idxs.dim() == 1 && idxs.size(0) == n, op, ": idxs must have shape [", n, "], got ",
-              idxs.sizes());
-  TORCH_CHECK(idxs.scalar_type() == at::kLong, op, ": idxs must be int64, got ",
-              idxs.scalar_type());
-  TORCH_CHECK(idxs.device() == boxes.device(), op, ": idxs and boxes are on different devices");
+  TORCH_CHECK_VALUE(idxs.dim() == 1 && idxs.size(0) == n, op, ": idxs must have shape [", n,
+                    "], got ", idxs.sizes());
+  TORCH_CHECK_TYPE(idxs.scalar_type() == at::kLong, op, ": idxs must be int64, got ",
+                   idxs.scalar_type());
+  TORCH_CHECK_VALUE(idxs.device() == boxes.device(), op,
+                    ": idxs and boxes are on different devices");
+  check_finite(op, "boxes", boxes);
+  for (const auto& named : scores) {
+    check_finite(op, named.first, *named.second);
+  }
 }
 
 // Box indices sorted by (class asc, key desc, index asc); `key` may be null (index asc within a

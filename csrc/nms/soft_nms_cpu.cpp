@@ -83,10 +83,10 @@ std::tuple<at::Tensor, at::Tensor> soft_nms_cpu(const at::Tensor& boxes,
                                                 double iou_threshold,
                                                 double sigma,
                                                 double score_threshold) {
-  nms_utils::check_inputs("soft_nms", boxes, {&scores}, idxs);
-  TORCH_CHECK(method == "linear" || method == "gaussian",
+  nms_utils::check_inputs("soft_nms", boxes, {{"scores", &scores}}, idxs);
+  TORCH_CHECK_VALUE(method == "linear" || method == "gaussian",
               "soft_nms: method must be 'linear' or 'gaussian', got '", method, "'");
-  TORCH_CHECK(sigma > 0, "soft_nms: sigma must be positive, got ", sigma);
+  TORCH_CHECK_VALUE(sigma > 0, "soft_nms: sigma must be positive, got ", sigma);
   const bool gaussian = method == "gaussian";
   std::tuple<at::Tensor, at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "soft_nms_cpu", [&] {
