@@ -1,0 +1,192 @@
+"""Tests of MutualGuidanceRetinaNet: configs, training losses, inference, end-to-end training."""
+import glob
+import os
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from d2align.data import ShapesSpec, render_sample
+from d2align.engine import build_config
+from d2align.projects.mutual_guidance import ASSIGNMENTS, add_mutual_guidance_config
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPES = os.path.join(PROJECT, "configs", "shapes")
+SIZE = 64  # tiny images: P3..P7 = 8x8 .. 1x1 cells
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, 2 threads contend and run far slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny_cfg(assignment="mutual_guidance", opts=()):
+    config = os.path.join(SHAPES, f"{assignment}_R18_FPN_scratch.yaml")
+    shrink = [
+        "MODEL.FPN.OUT_CHANNELS", "32",
+        "MODEL.RETINANET.NUM_CONVS", "1",
+        "MODEL.ANCHOR_GENERATOR.SIZES", "[[8, 12], [16, 24], [28, 40], [48, 64], [80, 96]]",
+        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[1.0]]",
+        "MODEL.RETINANET.NORM", "",  # detectron2 v0.6's RetinaNetHead cannot build "GN"
+    ]  # fmt: skip
+    return build_config(config, shrink + list(opts), [add_mutual_guidance_config])
+
+
+def _fixed_batch(num_images=2):
+    """Images of the embedded dataset's generator at 64 px, as model inputs (no file I/O)."""
+    spec = ShapesSpec(image_size=SIZE, object_size=(16.0, 48.0), empty_fraction=0.0, seed=3)
+    batch = []
+    for index in range(num_images):
+        image, objects = render_sample(spec, "train", index)
+        boxes = []
+        for obj in objects:
+            ys, xs = obj["mask"].nonzero()
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        instances = Instances((SIZE, SIZE))
+        instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        instances.gt_classes = torch.tensor([o["category_id"] - 1 for o in objects])
+        tensor = torch.as_tensor(image.transpose(2, 0, 1).copy()).float()
+        batch.append({"image": tensor, "instances": instances, "height": SIZE, "width": SIZE})
+    return batch
+
+
+def _instances(boxes, classes):
+    instances = Instances((SIZE, SIZE))
+    instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
+    return instances
+
+
+@pytest.mark.parametrize(
+    "config", sorted(glob.glob(os.path.join(PROJECT, "configs", "**", "*.yaml"), recursive=True))
+)
+def test_config_merges(config):
+    cfg = build_config(config, [], [add_mutual_guidance_config])
+    assert cfg.MODEL.META_ARCHITECTURE == "MutualGuidanceRetinaNet"
+    assert cfg.MODEL.MUTUAL_GUIDANCE.ASSIGNMENT in ASSIGNMENTS
+    assert cfg.MODEL.MUTUAL_GUIDANCE.SIGMA == 2.0
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("MODEL.MUTUAL_GUIDANCE.ASSIGNMENT", "dynamic", "MODEL.MUTUAL_GUIDANCE.ASSIGNMENT"),
+        ("MODEL.MUTUAL_GUIDANCE.SIGMA", "1.0", "MODEL.MUTUAL_GUIDANCE.SIGMA"),
+        ("MODEL.MUTUAL_GUIDANCE.BALANCED_L1.BETA", "0.0", "BALANCED_L1.BETA"),
+        ("MODEL.RETINANET.IOU_THRESHOLDS", "[0.5, 0.4]", "MODEL.RETINANET.IOU_THRESHOLDS"),
+    ],
+)
+def test_bad_config_names_the_key(key, value, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(_tiny_cfg(opts=[key, value]))
+
+
+def _unnormalized_loss(model, batch) -> float:
+    """Total loss times the normalizer it was divided by (the normalizer is a moving average
+    that starts at 100, so normalized losses are not comparable across iterations)."""
+    with torch.no_grad():
+        total = sum(model(batch).values()).item()
+    return total * model.loss_normalizer
+
+
+ITERATIONS = 40
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_loss_falls(assignment):
+    """A few SGD steps on one fixed batch lower the total loss, for each of the four rules."""
+    torch.manual_seed(0)
+    model = build_model(_tiny_cfg(assignment))
+    model.train()
+    batch = _fixed_batch()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    with EventStorage():
+        initial = _unnormalized_loss(model, batch)
+        for _ in range(ITERATIONS):
+            total = sum(model(batch).values())
+            assert torch.isfinite(total)
+            optimizer.zero_grad()
+            total.backward()
+            optimizer.step()
+        final = _unnormalized_loss(model, batch)
+    assert final < 0.7 * initial, (initial, final)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_losses_finite_on_edge_cases(assignment):
+    """Zero-GT image, a GT smaller than every anchor, two GTs competing for one anchor."""
+    torch.manual_seed(0)
+    model = build_model(_tiny_cfg(assignment))
+    model.train()
+    images = [torch.rand(3, SIZE, SIZE) * 255 for _ in range(3)]
+    gts = [
+        _instances([], []),
+        _instances([[30.0, 30.0, 32.0, 32.0]], [4]),
+        _instances([[0.0, 0.0, 4.0, 8.0], [0.0, 0.0, 8.0, 3.0]], [0, 1]),
+    ]
+    batch = [{"image": im, "instances": gt} for im, gt in zip(images, gts)]
+    with EventStorage():
+        losses = model(batch)
+        sum(losses.values()).backward()
+        empty = model(batch[:1])
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["loss_box_reg"] > 0
+    assert empty["loss_box_reg"] == 0 and torch.isfinite(empty["loss_cls"])
+
+
+def test_inference_is_retinanets():
+    """Same weights, same detections as detectron2's RetinaNet: inference is unchanged."""
+    from detectron2.modeling import RetinaNet
+
+    torch.manual_seed(0)
+    cfg = _tiny_cfg()
+    model = build_model(cfg).eval()
+    reference = RetinaNet(cfg).eval()
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p in model.head.cls_score.parameters():  # make some scores pass the threshold
+            p.normal_(0.0, 0.05)
+        reference.load_state_dict(model.state_dict())
+        batch = [{"image": x["image"]} for x in _fixed_batch()]
+        ours, theirs = model(batch), reference(batch)
+    for a, b in zip(ours, theirs):
+        assert len(a["instances"]) > 0
+        assert torch.equal(a["instances"].pred_boxes.tensor, b["instances"].pred_boxes.tensor)
+        assert torch.equal(a["instances"].scores, b["instances"].scores)
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_end_to_end(tmp_path):
+    """The shared Trainer runs 3 iterations of Mutual Guidance on a tiny registered dataset
+    (half of its images empty) and evaluates it with the COCO evaluator."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from d2align.engine import Trainer
+    from d2align.testing import register_tiny_shapes, tiny_training_config
+
+    data = register_tiny_shapes(
+        str(tmp_path / "data"), num_train=4, num_val=2, image_size=64, empty_fraction=0.5,
+        prefix="d2align_test_mutual_guidance",
+    )  # fmt: skip
+    try:
+        cfg = tiny_training_config(
+            os.path.join(SHAPES, "mutual_guidance_R18_FPN_scratch.yaml"),
+            str(tmp_path / "out"), data, max_iter=3, image_size=64,
+            opts=["MODEL.RETINANET.NORM", "", "MODEL.FPN.OUT_CHANNELS", "32"],
+            config_hooks=[add_mutual_guidance_config],
+        )  # fmt: skip
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+        results = Trainer.test(cfg, trainer.model)
+    finally:
+        for name in data:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+    assert trainer.iter == 3 and "bbox" in results and "AP75" in results["bbox"]
