@@ -138,3 +138,19 @@ def test_two_gts_competing_for_one_anchor(assignment):
     labels, matched, reg_mask = _assign(assignment, anchors, gts, torch.tensor([0, 2]))
     assert labels.tolist() == [0, K] and reg_mask.tolist() == [True, False]
     assert matched[0] == 0
+
+
+def test_fig4_drawing_colours():
+    import numpy as np
+
+    from d2align.projects.mutual_guidance.visualize import COLORS, draw_difference
+
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    anchors = torch.tensor([[4.0, 4.0, 20.0, 20.0], [30.0, 30.0, 50.0, 50.0], [8, 40, 20, 60]])
+    static = torch.tensor([True, False, True])
+    guided = torch.tensor([False, True, True])
+    out = draw_difference(image, torch.zeros(0, 4), anchors, static, guided, "classify_to_localize")
+    assert tuple(out[4, 12]) == COLORS["static"]  # top edge of the static-only anchor
+    assert tuple(out[30, 40]) == COLORS["classify_to_localize"]  # guided-only anchor
+    assert tuple(out[40, 14]) == (0, 0, 0)  # positive for both: not drawn
+    assert image.max() == 0  # the input is not modified
