@@ -34,6 +34,7 @@ def main(argv=None):
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--output", required=True, help="folder of the PNG files")
     parser.add_argument("--num-images", type=int, default=4)
+    parser.add_argument("--scale", type=float, default=2.0, help="enlarge the drawings")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
 
@@ -56,7 +57,9 @@ def main(argv=None):
         image = convert_image_to_rgb(image, cfg.INPUT.FORMAT)[:, :, ::-1]  # BGR for OpenCV
         gt_boxes = inputs["instances"].gt_boxes.tensor
         panels = [
-            draw_difference(image, gt_boxes, anchors, masks["static"], masks[rule], rule)
+            draw_difference(
+                image, gt_boxes, anchors, masks["static"], masks[rule], rule, scale=args.scale
+            )
             for rule in ("localize_to_classify", "classify_to_localize")
         ]
         path = os.path.join(args.output, f"{record['image_id']}.png")

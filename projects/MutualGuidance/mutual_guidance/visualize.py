@@ -83,6 +83,7 @@ def draw_difference(
     static_mask: Tensor,
     guided_mask: Tensor,
     guided_rule: str,
+    scale: float = 1.0,
 ) -> np.ndarray:
     """One Fig. 4 panel: static-only positives in red, `guided_rule`-only positives in its
     colour, ground truths in white, and the counts in the corner.
@@ -91,18 +92,21 @@ def draw_difference(
         image: (H, W, 3) uint8 BGR, the model's input image.
         gt_boxes: (G, 4); anchors: (R, 4); static_mask, guided_mask: (R,) bool.
         guided_rule: "localize_to_classify" or "classify_to_localize".
+        scale: the drawing is the image enlarged by this factor (small images).
 
     Returns:
-        (H, W, 3) uint8 BGR drawing.
+        (H * scale, W * scale, 3) uint8 BGR drawing.
     """
-    canvas = np.ascontiguousarray(image.copy())
-    _rectangles(canvas, anchors[static_mask & ~guided_mask], COLORS["static"])
-    _rectangles(canvas, anchors[guided_mask & ~static_mask], COLORS[guided_rule])
-    _rectangles(canvas, gt_boxes, COLORS["gt"], thickness=2)
+    height, width = image.shape[:2]
+    size = (round(width * scale), round(height * scale))
+    canvas = np.ascontiguousarray(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR))
+    _rectangles(canvas, anchors[static_mask & ~guided_mask] * scale, COLORS["static"])
+    _rectangles(canvas, anchors[guided_mask & ~static_mask] * scale, COLORS[guided_rule])
+    _rectangles(canvas, gt_boxes * scale, COLORS["gt"], thickness=2)
     text = (
         f"{guided_rule}: both {int((static_mask & guided_mask).sum())}, "
         f"static only {int((static_mask & ~guided_mask).sum())}, "
         f"guided only {int((guided_mask & ~static_mask).sum())}"
     )
-    cv2.putText(canvas, text, (2, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.3, COLORS["gt"], 1)
+    cv2.putText(canvas, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, COLORS["gt"], 1)
     return canvas
