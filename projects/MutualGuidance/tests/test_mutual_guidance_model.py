@@ -33,7 +33,6 @@ def _tiny_cfg(assignment="mutual_guidance", opts=()):
         "MODEL.RETINANET.NUM_CONVS", "1",
         "MODEL.ANCHOR_GENERATOR.SIZES", "[[8, 12], [16, 24], [28, 40], [48, 64], [80, 96]]",
         "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[1.0]]",
-        "MODEL.RETINANET.NORM", "",  # detectron2 v0.6's RetinaNetHead cannot build "GN"
     ]  # fmt: skip
     return build_config(config, shrink + list(opts), [add_mutual_guidance_config])
 
@@ -71,6 +70,13 @@ def test_config_merges(config):
     assert cfg.MODEL.META_ARCHITECTURE == "MutualGuidanceRetinaNet"
     assert cfg.MODEL.MUTUAL_GUIDANCE.ASSIGNMENT in ASSIGNMENTS
     assert cfg.MODEL.MUTUAL_GUIDANCE.SIGMA == 2.0
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_shapes_config_builds(assignment):
+    config = os.path.join(SHAPES, f"{assignment}_R18_FPN_scratch.yaml")
+    model = build_model(build_config(config, [], [add_mutual_guidance_config]))
+    assert model.assignment == assignment and model.sigma == 2.0
 
 
 @pytest.mark.parametrize(
@@ -178,7 +184,7 @@ def test_train_and_evaluate_end_to_end(tmp_path):
         cfg = tiny_training_config(
             os.path.join(SHAPES, "mutual_guidance_R18_FPN_scratch.yaml"),
             str(tmp_path / "out"), data, max_iter=3, image_size=64,
-            opts=["MODEL.RETINANET.NORM", "", "MODEL.FPN.OUT_CHANNELS", "32"],
+            opts=["MODEL.FPN.OUT_CHANNELS", "32"],
             config_hooks=[add_mutual_guidance_config],
         )  # fmt: skip
         trainer = Trainer(cfg)
