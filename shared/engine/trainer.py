@@ -109,6 +109,13 @@ class Trainer(DefaultTrainer):
             logger.info("TensorBoard is not installed: metrics go to metrics.json only.")
         return writers
 
+    def train(self):
+        """Train, then return the results of the last evaluation (detectron2's DefaultTrainer
+        returns them only when TEST.EXPECTED_RESULTS is set; `main` needs them to write
+        final_results.json)."""
+        super().train()
+        return getattr(self, "_last_eval_results", None)
+
     def train_seconds_per_iter(self) -> float:
         """Median wall time of a training iteration so far (from the IterationTimer hook)."""
         history = self.storage.history("time") if "time" in self.storage.histories() else None

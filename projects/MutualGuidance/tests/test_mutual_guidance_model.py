@@ -189,8 +189,7 @@ def test_train_and_evaluate_end_to_end(tmp_path):
         )  # fmt: skip
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=False)
-        trainer.train()
-        results = Trainer.test(cfg, trainer.model)
+        results = trainer.train()  # the final evaluation's results
     finally:
         for name in data:
             DatasetCatalog.remove(name)
