@@ -4,7 +4,8 @@
     python projects/IoUNet/train_net.py \
         --config-file projects/IoUNet/configs/shapes/iounet_iounms_refine_R18_FPN_scratch.yaml
     python projects/IoUNet/train_net.py --config-file <config> --eval-only \
-        MODEL.WEIGHTS <checkpoint> MODEL.IOU_NET.NMS_TYPE standard MODEL.IOU_NET.REFINE.ENABLED False
+        MODEL.WEIGHTS <checkpoint> MODEL.IOU_NET.NMS_TYPE standard \
+        MODEL.IOU_NET.REFINE.ENABLED False
 
 `--num-gpus`, `--resume` and trailing `KEY VALUE` overrides behave as in detectron2's
 `tools/train_net.py`.

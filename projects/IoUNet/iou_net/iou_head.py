@@ -190,7 +190,8 @@ class IoUBranch(nn.Module):
         """
         with torch.no_grad():
             samples = sample_iou_training_boxes(targets, self.num_samples, self.jitter)
-        x = self.pooler([features[f] for f in self.in_features], [s.proposal_boxes for s in samples])
+        maps = [features[f] for f in self.in_features]
+        x = self.pooler(maps, [s.proposal_boxes for s in samples])
         pred = self.head(x)
         classes = torch.cat([s.gt_classes for s in samples])
         iou_targets = encode_iou(torch.cat([s.gt_ious for s in samples]), self.min_iou)

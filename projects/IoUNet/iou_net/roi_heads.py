@@ -10,7 +10,7 @@ Shape legend:
 
 Boxes are XYXY in absolute pixels of the network input.
 """
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -69,10 +69,32 @@ class IoUNetROIHeads(D2AlignStandardROIHeads):
         return proposals, losses
 
     def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
-        """Training: detectron2's box branch. Inference: box regression, then per image the
-        per-class candidates go through `IoUNetPostProcessor` with this image's predictor."""
+        """Training: detectron2's box branch. Inference: per image, the per-class candidates
+        go through `IoUNetPostProcessor` with this image's IoU predictor."""
         if self.training:
             return super()._forward_box(features, proposals)
+        return [
+            self.postprocessor(*candidates, props.image_size, iou_fn)
+            for (*candidates, iou_fn), props in zip(
+                self.predict_candidates(features, proposals), proposals
+            )
+        ]
+
+    def predict_candidates(
+        self, features: Dict[str, torch.Tensor], proposals: List[Instances]
+    ) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Callable]]:
+        """The detections of every image before NMS, and its IoU predictor (inference).
+
+        Args:
+            features (dict[str, Tensor]): backbone outputs, (N, C, H_l, W_l) each.
+            proposals (list[Instances]): N images with `proposal_boxes`.
+
+        Returns:
+            list of N tuples (boxes Tensor[M, 4], scores Tensor[M], classes Tensor[M],
+            iou_fn): the per-class candidates after box regression with score above
+            `TEST.SCORE_THRESH_TEST` (clipped to the image), and
+            `iou_fn(boxes Tensor[n, 4], classes Tensor[n]) -> Tensor[n]` predicted IoU.
+        """
         box_features = self.box_pooler(
             [features[f] for f in self.box_in_features], [x.proposal_boxes for x in proposals]
         )
@@ -86,7 +108,5 @@ class IoUNetROIHeads(D2AlignStandardROIHeads):
                 boxes_i, scores_i, props.image_size, self.box_predictor.test_score_thresh
             )
             iou_fn = self.iou_branch.iou_fn_of_image(features, i)
-            results.append(
-                self.postprocessor(cand_boxes, cand_scores, cand_classes, props.image_size, iou_fn)
-            )
+            results.append((cand_boxes, cand_scores, cand_classes, iou_fn))
         return results

@@ -76,7 +76,10 @@ class StandaloneIoUNet(nn.Module):
         return self.pixel_mean.device
 
     def _features(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std
+            for x in batched_inputs
+        ]
         images = ImageList.from_tensors(images, self.backbone.size_divisibility)
         return self.backbone(images.tensor)
 
