@@ -43,6 +43,33 @@ def _require(ok: bool, key: str, value, requirement: str) -> None:
         raise ValueError(f"{key} = {value!r}: {requirement}")
 
 
+class _ChangedRowsIoU:
+    """`iou_fn` of fixed classes for `refine_boxes`, evaluating only the rows that changed
+    since the previous call (Algorithm 2 line 3 visits only the boxes not yet stopped; a
+    stopped box is passed again unchanged). Other rows return their previous, exact value
+    with zero gradient, which `refine_boxes` does not use for stopped boxes.
+    """
+
+    def __init__(self, iou_fn: IoUFn, classes: torch.Tensor):
+        self.iou_fn = iou_fn
+        self.classes = classes
+        self.last_boxes = None
+        self.last_scores = None
+
+    def __call__(self, boxes: torch.Tensor) -> torch.Tensor:
+        """(Tensor[n, 4]) -> Tensor[n] predicted IoU, differentiable w.r.t. changed rows."""
+        if self.last_boxes is None:
+            out = self.iou_fn(boxes, self.classes)
+        else:
+            changed = (boxes.detach() != self.last_boxes).any(dim=1).nonzero().squeeze(1)
+            out = self.last_scores + 0.0 * boxes.sum(dim=1)  # stays in the graph if none changed
+            if changed.numel() > 0:
+                new = self.iou_fn(boxes[changed], self.classes[changed])
+                out = out.index_put((changed,), new.to(out.dtype))
+        self.last_boxes, self.last_scores = boxes.detach().clone(), out.detach()
+        return out
+
+
 class IoUNetPostProcessor:
     """NMS (of the configured type) + top-k + optimization-based refinement, for one image."""
 
@@ -227,9 +254,8 @@ class IoUNetPostProcessor:
         top = top[(boxes[:n, 2] > boxes[:n, 0]) & (boxes[:n, 3] > boxes[:n, 1])]
         if top.numel() == 0:
             return boxes, pred_ious
-        top_classes = classes[top]
         refined, refined_ious, _ = refine_boxes(
-            boxes[top], lambda b: iou_fn(b, top_classes), **self.refine_args
+            boxes[top], _ChangedRowsIoU(iou_fn, classes[top]), **self.refine_args
         )
         refined = Boxes(refined)
         refined.clip(image_shape)

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import build_detection_test_loader
+from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_test_loader
 from detectron2.modeling import build_model
 from detectron2.structures import pairwise_iou
 
@@ -91,3 +91,22 @@ def test_evaluate_standalone_command(setup):
         written = json.load(f)
     assert set(written["results"]["bbox"]) >= {"AP", "AP50", "AP60", "AP70", "AP80", "AP90"}
     assert written["results"]["bbox"]["AP"] == pytest.approx(results["bbox"]["AP"], nan_ok=True)
+
+
+def test_standalone_training_loss_on_normalised_uniform_targets(setup):
+    # with a zero output layer the prediction is 0 for every box, so the loss is the mean of
+    # smooth-L1(0, t) = t^2 / 2 over targets t uniform on [-1, 1]: 1/6
+    root, data, *_ = setup
+    opts = SMALL + ["MODEL.IOU_NET.PRED_INIT_STD", "0.0", "MODEL.IOU_NET.NUM_JITTER_SAMPLES", "400"]
+    hooks = [add_iou_net_config]
+    cfg = tiny_training_config(
+        STANDALONE, str(root), data, image_size=64, opts=opts, config_hooks=hooks
+    )
+    model = build_model(cfg).train()
+    (record,) = DatasetCatalog.get(data[0])
+    inputs = DatasetMapper(cfg, is_train=True)(record)
+    losses = model([inputs])
+    assert set(losses) == {"loss_iou"}
+    assert losses["loss_iou"].item() == pytest.approx(1 / 6, abs=0.01)
+    losses["loss_iou"].backward()
+    assert model.iou_branch.head.iou_pred.weight.grad.abs().sum() > 0
