@@ -2,7 +2,8 @@
 """Side-by-side comparison of configs: one table and one plot of AP against IoU threshold.
 
 For each config, reads `<OUTPUT_DIR>/final_results.json`, training the config first when that
-file is missing (or with --retrain). A config under `projects/<Name>/configs/` is trained with
+file is missing (or with --retrain); `--jobs N` trains N configs at once (on a CPU, several
+single-threaded runs use the cores better than one multi-threaded run). A config under `projects/<Name>/configs/` is trained with
 that project's `train_net.py`; any other with `tools/train_net.py`.
 
     python tools/compare.py configs/shapes/*.yaml --out output/shapes/comparison \
@@ -56,17 +57,56 @@ def _project_config_hooks(project_dir: Path):
     return []
 
 
-def run_config(config: Path, opts, retrain: bool) -> dict:
-    out_dir = output_dir_of(config, opts)
-    results_file = out_dir / "final_results.json"
-    if retrain or not results_file.exists():
-        cmd = [sys.executable, str(train_script_for(config)), "--config-file", str(config)]
-        cmd += list(opts)
-        print(f"[compare] training {config} -> {out_dir}", flush=True)
-        start = time.time()
-        subprocess.run(cmd, check=True, cwd=ROOT)
-        print(f"[compare] {config.name}: {time.time() - start:.0f} s wall", flush=True)
-    with open(results_file) as f:
+def _last_progress(log: Path) -> str:
+    """Iteration and ETA of the last metrics line in `log`, e.g. "iter 339 eta 0:05:10"."""
+    if not log.exists():
+        return "starting"
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if " iter: " in ln]
+    if not lines:
+        return "evaluating" if "Start inference" in log.read_text(errors="replace") else "starting"
+    words = lines[-1].split()
+    eta = words[words.index("eta:") + 1] if "eta:" in words else "?"
+    return f"iter {words[words.index('iter:') + 1]} eta {eta}"
+
+
+def train_configs(configs, opts, jobs: int, poll_s: float = 30.0) -> None:
+    """Train `configs` (each a Path), `jobs` at a time, each with cores // jobs threads.
+
+    Each run's output goes to `<OUTPUT_DIR>/train_log.txt`; one progress line per `poll_s`
+    seconds shows every running config's iteration and ETA.
+    """
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    pending, running = list(configs), {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            config = pending.pop(0)
+            out_dir = output_dir_of(config, opts)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            log = out_dir / "train_log.txt"
+            cmd = [sys.executable, str(train_script_for(config)), "--config-file", str(config)]
+            print(f"[compare] training {config} -> {out_dir} (log: {log})", flush=True)
+            with open(log, "w") as f:
+                proc = subprocess.Popen(cmd + list(opts), cwd=ROOT, env=env, stdout=f,
+                                        stderr=subprocess.STDOUT)
+            running[config] = (proc, log, time.time())
+        time.sleep(min(poll_s, 1.0) if not running else poll_s)
+        status = []
+        for config, (proc, log, start) in list(running.items()):
+            if proc.poll() is None:
+                status.append(f"{config.stem}: {_last_progress(log)}")
+                continue
+            del running[config]
+            if proc.returncode != 0:
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+                raise SystemExit(f"[compare] {config} failed (exit {proc.returncode}):\n{tail}")
+            print(f"[compare] {config.stem}: done in {time.time() - start:.0f} s", flush=True)
+        if status:
+            print("[compare] " + " | ".join(status), flush=True)
+
+
+def read_results(config: Path, opts) -> dict:
+    with open(output_dir_of(config, opts) / "final_results.json") as f:
         return json.load(f)
 
 
@@ -109,12 +149,19 @@ def main(argv=None):
     parser.add_argument("configs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=ROOT / "output" / "comparison")
     parser.add_argument("--retrain", action="store_true", help="train even if results exist")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="configs trained at once, each with (CPU cores // jobs) threads")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="KEY VALUE overrides applied to every config (last argument)")
     args = parser.parse_args(argv)
     opts = args.opts
 
-    rows = [summarize(c.stem, run_config(c, opts, args.retrain)) for c in args.configs]
+    todo = [
+        c for c in args.configs
+        if args.retrain or not (output_dir_of(c, opts) / "final_results.json").exists()
+    ]
+    train_configs(todo, opts, max(1, args.jobs))
+    rows = [summarize(c.stem, read_results(c, opts)) for c in args.configs]
     args.out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
     (args.out / "results.md").write_text(table + "\n")
