@@ -187,7 +187,8 @@ class IoUNetPostProcessor:
                 score_threshold=self.soft_nms_score_thresh,
             )
             return keep, new_scores, None
-        pred_ious = iou_fn(boxes, classes).detach()
+        with torch.no_grad():
+            pred_ious = iou_fn(boxes, classes)
         keep, new_scores = batched_iou_guided_nms(
             boxes, scores, pred_ious.to(scores.dtype), classes, self.nms_thresh
         )
