@@ -5,7 +5,9 @@ It adds to detectron2's DefaultTrainer:
   * inference seconds per image (pure model time, as detectron2's `inference_on_dataset`
     measures it) in the evaluation results, under "speed";
   * writers that skip TensorBoard when it is not installed;
-  * a check that the model's number of classes matches the training set's.
+  * a check that the model's number of classes matches the training set's;
+  * the optimizer state in checkpoints (detectron2 v0.6 leaves it out), so `--resume`
+    continues with the same momentum.
 Projects subclass it only when they need another data mapper or evaluator.
 """
 import logging
@@ -115,6 +117,24 @@ class Trainer(DefaultTrainer):
         final_results.json)."""
         super().train()
         return getattr(self, "_last_eval_results", None)
+
+    def state_dict(self):
+        """Checkpointed trainer state, including the optimizer's (momentum buffers).
+
+        detectron2 v0.6's DefaultTrainer saves only the iteration and the hooks' state, so a
+        resumed run would restart with empty momentum; the inner SimpleTrainer's state (which
+        holds the optimizer) is added under "_trainer", the key later detectron2 versions use.
+        """
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning("The checkpoint has no optimizer state; the optimizer starts anew.")
 
     def train_seconds_per_iter(self) -> float:
         """Median wall time of a training iteration so far (from the IterationTimer hook)."""
