@@ -27,8 +27,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_test_loader
 from detectron2.modeling import build_model
 
-from d2align.data.from_config import register_data_from_config
-from d2align.engine import build_config
+from d2align.engine import load_config
 from d2align.projects.iou_net import add_iou_net_config
 
 DEFAULT_CONFIG = "projects/IoUNet/configs/shapes/iounet_iounms_refine_R18_FPN_scratch.yaml"
@@ -56,9 +55,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     opts = list(args.opts) + ["MODEL.DEVICE", args.device]
-    cfg = build_config(args.config_file, opts, [add_iou_net_config])
-    register_data_from_config(cfg)
-    cfg.freeze()
+    cfg = load_config(args.config_file, opts, [add_iou_net_config])
     base_cfg = copy.deepcopy(cfg)
     base_cfg.defrost()
     base_cfg.MODEL.ROI_HEADS.NAME = "D2AlignStandardROIHeads"

@@ -29,7 +29,6 @@ from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
 from torchvision.ops import batched_nms
 
-from d2align.data.from_config import register_data_from_config
 from d2align.diagnostics import (
     IOU_BIN_EDGES,
     match_detections_to_gt,
@@ -37,7 +36,7 @@ from d2align.diagnostics import (
     plot_score_vs_iou,
     positives_by_iou,
 )
-from d2align.engine import build_config
+from d2align.engine import load_config
 from d2align.ops import batched_iou_guided_nms
 from d2align.projects.iou_net import IoUNetROIHeads, add_iou_net_config
 
@@ -106,9 +105,7 @@ def main(argv=None):
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
 
-    cfg = build_config(args.config_file, args.opts, [add_iou_net_config])
-    register_data_from_config(cfg)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts, [add_iou_net_config])
     model = build_model(cfg).eval()
     if not isinstance(model.roi_heads, IoUNetROIHeads):
         raise ValueError(

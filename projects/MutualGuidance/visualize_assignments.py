@@ -23,8 +23,7 @@ from detectron2.data import transforms as T
 from detectron2.data.detection_utils import convert_image_to_rgb
 from detectron2.modeling import build_model
 
-from d2align.data.from_config import register_data_from_config
-from d2align.engine import build_config
+from d2align.engine import load_config
 from d2align.projects.mutual_guidance import add_mutual_guidance_config
 from d2align.projects.mutual_guidance.visualize import draw_difference, positive_anchors
 
@@ -38,9 +37,7 @@ def main(argv=None):
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
 
-    cfg = build_config(args.config_file, args.opts, [add_mutual_guidance_config])
-    register_data_from_config(cfg)
-    cfg.freeze()
+    cfg = load_config(args.config_file, args.opts, [add_mutual_guidance_config])
     model = build_model(cfg).eval()
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     mapper = DatasetMapper(

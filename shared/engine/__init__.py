@@ -1,5 +1,12 @@
 """Training and evaluation entry points shared by every d2align project."""
-from .launcher import build_config, launch_from_command_line, main, setup, write_final_results
+from .launcher import (
+    build_config,
+    launch_from_command_line,
+    load_config,
+    main,
+    setup,
+    write_final_results,
+)
 from .trainer import Trainer, check_num_classes
 
 __all__ = [
@@ -7,6 +14,7 @@ __all__ = [
     "build_config",
     "check_num_classes",
     "launch_from_command_line",
+    "load_config",
     "main",
     "setup",
     "write_final_results",

@@ -48,11 +48,20 @@ def build_config(
     return cfg
 
 
-def setup(args, config_hooks: Iterable[ConfigHook] = ()) -> CfgNode:
-    """Build, register the datasets of, freeze and log the config of a command-line run."""
-    cfg = build_config(args.config_file, args.opts, config_hooks)
+def load_config(
+    config_file: str, opts: Iterable[str] = (), config_hooks: Iterable[ConfigHook] = ()
+) -> CfgNode:
+    """`build_config`, then register the datasets the config names, then freeze it: the config
+    a command (training, evaluation, diagnostics, benchmark) runs with."""
+    cfg = build_config(config_file, opts, config_hooks)
     register_data_from_config(cfg)
     cfg.freeze()
+    return cfg
+
+
+def setup(args, config_hooks: Iterable[ConfigHook] = ()) -> CfgNode:
+    """`load_config` for a command-line run, plus detectron2's logging and seeding setup."""
+    cfg = load_config(args.config_file, args.opts, config_hooks)
     default_setup(cfg, args)
     return cfg
 
