@@ -49,7 +49,12 @@ def installed_state() -> str:
 
 
 def pip(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "pip", *args], check=True)
+    """Run pip; its stderr is shown less the notes about absent local package indexes."""
+    res = subprocess.run([sys.executable, "-m", "pip", *args], stderr=subprocess.PIPE, text=True)
+    noise = "WARNING: Location"
+    sys.stderr.write("".join(ln for ln in res.stderr.splitlines(True) if not ln.startswith(noise)))
+    if res.returncode != 0:
+        raise subprocess.CalledProcessError(res.returncode, res.args)
 
 
 def download_sdist(dest: Path) -> Path:
