@@ -38,23 +38,9 @@ def train_script_for(config: Path) -> Path:
 
 def output_dir_of(config: Path, opts) -> Path:
     from d2align.engine import build_config
+    from d2align.projects import config_hooks_for
 
-    hooks = []
-    script = train_script_for(config)
-    if script.parent.name != "tools":  # a project's config needs its keys to merge
-        hooks = _project_config_hooks(script.parent)
-    cfg = build_config(str(config), opts, hooks)
-    return Path(cfg.OUTPUT_DIR)
-
-
-def _project_config_hooks(project_dir: Path):
-    import importlib
-
-    for pkg in project_dir.iterdir():
-        if (pkg / "config.py").exists():
-            module = importlib.import_module(f"d2align.projects.{pkg.name}")
-            return [getattr(module, f"add_{pkg.name}_config")]
-    return []
+    return Path(build_config(str(config), opts, config_hooks_for(str(config))).OUTPUT_DIR)
 
 
 def _last_progress(log: Path) -> str:
