@@ -3,21 +3,30 @@
 
 For each config, reads `<OUTPUT_DIR>/final_results.json`, training the config first when that
 file is missing (or with --retrain); `--jobs N` trains N configs at once (on a CPU, several
-single-threaded runs use the cores better than one multi-threaded run). A config under `projects/<Name>/configs/` is trained with
-that project's `train_net.py`; any other with `tools/train_net.py`.
+single-threaded runs use the cores better than one multi-threaded run). A config under
+`projects/<Name>/configs/` is trained with that project's `train_net.py`; any other with
+`tools/train_net.py`.
 
     python tools/compare.py configs/shapes/*.yaml --out output/shapes/comparison \
-        [--opts SOLVER.MAX_ITER 100]
+        [--seeds 42 1 7] [--opts SOLVER.MAX_ITER 100]
 
-Writes `<out>/results.md` (markdown table), `<out>/results.json` and `<out>/ap_vs_iou.png`.
+With `--seeds`, every config is trained once per seed (`SEED s`, into `<OUTPUT_DIR>/seed<s>`) and
+the table gives the mean and the sample standard deviation over the seeds: short from-scratch
+schedules vary by several AP points from one seed to the next, so one seed cannot rank methods
+that differ by less.
+
+Writes `<out>/results.md` (markdown table, plus one row per seed), `<out>/results.json` and
+`<out>/ap_vs_iou.png` (mean AP against IoU threshold, with the standard deviation as error bars).
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List, NamedTuple, Optional
 
 import matplotlib
 
@@ -43,6 +52,33 @@ def output_dir_of(config: Path, opts) -> Path:
     return Path(build_config(str(config), opts, config_hooks_for(str(config))).OUTPUT_DIR)
 
 
+class Run(NamedTuple):
+    """One training of one config: `opts` are the overrides it runs with."""
+
+    config: Path
+    seed: Optional[int]
+    opts: List[str]
+    out_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.config.stem if self.seed is None else f"{self.config.stem} (seed {self.seed})"
+
+
+def runs_of(config: Path, opts, seeds) -> List[Run]:
+    """The runs of `config`: one with its own SEED and OUTPUT_DIR when `seeds` is empty, else one
+    per seed in `<OUTPUT_DIR>/seed<s>`."""
+    out_dir = output_dir_of(config, opts)
+    if not seeds:
+        return [Run(config, None, list(opts), out_dir)]
+    runs = []
+    for seed in seeds:
+        seed_dir = out_dir / f"seed{seed}"
+        runs.append(Run(config, seed, list(opts) + ["SEED", str(seed), "OUTPUT_DIR", str(seed_dir)],
+                        seed_dir))
+    return runs
+
+
 def _last_progress(log: Path) -> str:
     """Iteration and ETA of the last metrics line in `log`, e.g. "iter 339 eta 0:05:10"."""
     if not log.exists():
@@ -55,62 +91,77 @@ def _last_progress(log: Path) -> str:
     return f"iter {words[words.index('iter:') + 1]} eta {eta}"
 
 
-def train_configs(configs, opts, jobs: int, poll_s: float = 30.0) -> None:
-    """Train `configs` (each a Path), `jobs` at a time, each with cores // jobs threads.
+def train_runs(runs: List[Run], jobs: int, poll_s: float = 30.0) -> None:
+    """Train `runs`, `jobs` at a time, each with cores // jobs threads.
 
-    Each run's output goes to `<OUTPUT_DIR>/train_log.txt`; one progress line per `poll_s`
+    Each run's output goes to `<out_dir>/train_log.txt`; one progress line per `poll_s`
     seconds shows every running config's iteration and ETA.
     """
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    pending, running = list(configs), {}
+    pending, running = list(runs), {}
     while pending or running:
         while pending and len(running) < jobs:
-            config = pending.pop(0)
-            out_dir = output_dir_of(config, opts)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            log = out_dir / "train_log.txt"
-            cmd = [sys.executable, str(train_script_for(config)), "--config-file", str(config)]
-            print(f"[compare] training {config} -> {out_dir} (log: {log})", flush=True)
+            run = pending.pop(0)
+            run.out_dir.mkdir(parents=True, exist_ok=True)
+            log = run.out_dir / "train_log.txt"
+            cmd = [sys.executable, str(train_script_for(run.config)), "--config-file",
+                   str(run.config)] + run.opts
+            print(f"[compare] training {run.name} -> {run.out_dir} (log: {log})", flush=True)
             with open(log, "w") as f:
-                proc = subprocess.Popen(cmd + list(opts), cwd=ROOT, env=env, stdout=f,
-                                        stderr=subprocess.STDOUT)
-            running[config] = (proc, log, time.time())
+                proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+            running[run] = (proc, log, time.time())
         time.sleep(min(poll_s, 1.0) if not running else poll_s)
         status = []
-        for config, (proc, log, start) in list(running.items()):
+        for run, (proc, log, start) in list(running.items()):
             if proc.poll() is None:
-                status.append(f"{config.stem}: {_last_progress(log)}")
+                status.append(f"{run.name}: {_last_progress(log)}")
                 continue
-            del running[config]
+            del running[run]
             if proc.returncode != 0:
                 tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-                raise SystemExit(f"[compare] {config} failed (exit {proc.returncode}):\n{tail}")
-            print(f"[compare] {config.stem}: done in {time.time() - start:.0f} s", flush=True)
+                raise SystemExit(f"[compare] {run.name} failed (exit {proc.returncode}):\n{tail}")
+            print(f"[compare] {run.name}: done in {time.time() - start:.0f} s", flush=True)
         if status:
             print("[compare] " + " | ".join(status), flush=True)
 
 
-def read_results(config: Path, opts) -> dict:
-    with open(output_dir_of(config, opts) / "final_results.json") as f:
+def read_results(run: Run) -> dict:
+    with open(run.out_dir / "final_results.json") as f:
         return json.load(f)
+
+
+SPEED_COLUMNS = ["train_s_per_iter", "inference_s_per_image"]
 
 
 def summarize(name: str, payload: dict) -> dict:
     bbox = payload["results"].get("bbox", {})
     row = {"name": name}
     row.update({k: bbox.get(k, float("nan")) for k in AP_COLUMNS})
-    row["train_s_per_iter"] = payload["speed"].get("train_s_per_iter", float("nan"))
-    row["inference_s_per_image"] = payload["speed"].get("inference_s_per_image", float("nan"))
+    row.update({k: payload["speed"].get(k, float("nan")) for k in SPEED_COLUMNS})
     return row
 
 
-def markdown_table(rows) -> str:
+def aggregate(name: str, rows: List[dict]) -> dict:
+    """Mean of each column over the seeds' rows, with its sample standard deviation under
+    `<column>_std` (0 for a single row) and the seeds' rows under `runs`."""
+    out = {"name": name, "num_seeds": len(rows), "runs": rows}
+    for k in AP_COLUMNS + SPEED_COLUMNS:
+        values = [r[k] for r in rows]
+        out[k] = statistics.fmean(values)
+        out[k + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return out
+
+
+def markdown_table(rows, with_std: bool = False) -> str:
     cols = AP_COLUMNS + ["train s/iter", "inf s/img"]
     lines = ["| config | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for r in rows:
-        vals = [f"{r[k]:.1f}" for k in AP_COLUMNS]
-        vals += [f"{r['train_s_per_iter']:.3f}", f"{r['inference_s_per_image']:.3f}"]
+        if with_std:
+            vals = [f"{r[k]:.1f} ± {r[k + '_std']:.1f}" for k in AP_COLUMNS]
+        else:
+            vals = [f"{r[k]:.1f}" for k in AP_COLUMNS]
+        vals += [f"{r[k]:.3f}" for k in SPEED_COLUMNS]
         lines.append(f"| {r['name']} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
@@ -118,8 +169,9 @@ def markdown_table(rows) -> str:
 def plot_ap_vs_iou(rows, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
-        ax.plot([t for _, t in IOU_COLUMNS], [r[k] for k, _ in IOU_COLUMNS], marker="o",
-                label=r["name"])
+        ax.errorbar([t for _, t in IOU_COLUMNS], [r[k] for k, _ in IOU_COLUMNS],
+                    yerr=[r.get(k + "_std", 0.0) for k, _ in IOU_COLUMNS], marker="o",
+                    capsize=3, label=r["name"])
     ax.set_xlabel("IoU threshold")
     ax.set_ylabel("AP (%)")
     ax.set_title("AP against IoU threshold")
@@ -137,19 +189,30 @@ def main(argv=None):
     parser.add_argument("--retrain", action="store_true", help="train even if results exist")
     parser.add_argument("--jobs", type=int, default=1,
                         help="configs trained at once, each with (CPU cores // jobs) threads")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[],
+                        help="train every config once per seed; report mean ± std")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="KEY VALUE overrides applied to every config (last argument)")
     args = parser.parse_args(argv)
-    opts = args.opts
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds must not repeat a seed, got {args.seeds}")
 
+    runs = {c: runs_of(c, args.opts, args.seeds) for c in args.configs}
     todo = [
-        c for c in args.configs
-        if args.retrain or not (output_dir_of(c, opts) / "final_results.json").exists()
+        r for c in args.configs for r in runs[c]
+        if args.retrain or not (r.out_dir / "final_results.json").exists()
     ]
-    train_configs(todo, opts, max(1, args.jobs))
-    rows = [summarize(c.stem, read_results(c, opts)) for c in args.configs]
+    train_runs(todo, max(1, args.jobs))
+    rows = [
+        aggregate(c.stem, [summarize(r.name, read_results(r)) for r in runs[c]])
+        for c in args.configs
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(rows)
+    table = markdown_table(rows, with_std=bool(args.seeds))
+    if args.seeds:
+        per_seed = [r for row in rows for r in row["runs"]]
+        table += f"\n\nMean ± sample std over seeds {args.seeds}. Per seed:\n\n"
+        table += markdown_table(per_seed)
     (args.out / "results.md").write_text(table + "\n")
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
     plot_ap_vs_iou(rows, args.out / "ap_vs_iou.png")

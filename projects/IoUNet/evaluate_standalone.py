@@ -20,16 +20,15 @@ REFINE.ENABLED False / True. Both models see the image at the detector config's 
 Writes final_results.json (and the COCO results) into --out.
 """
 import argparse
-import importlib
 import json
 import os
-from pathlib import Path
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from d2align.data.from_config import register_data_from_config
 from d2align.engine import Trainer, build_config, write_final_results
+from d2align.projects import config_hooks_for
 from d2align.projects.iou_net import DetectorWithIoUNet, StandaloneIoUNet, add_iou_net_config
 
 # the detector returns everything above its score threshold: IoU > 1 never holds
@@ -40,22 +39,19 @@ RAW_DETECTIONS = [
 ]  # fmt: skip
 
 
-def config_hooks_for(config_file: str):
-    """add_iou_net_config, plus the config function of the project a config belongs to."""
+def detector_config_hooks(config_file: str):
+    """add_iou_net_config (the detector's NMS keys are overridden by name), plus the config
+    function of the project the detector config belongs to."""
     hooks = [add_iou_net_config]
-    parts = Path(config_file).resolve().parts
-    if "projects" in parts and parts.index("projects") + 1 < len(parts):
-        folder = Path(*parts[: parts.index("projects") + 2])
-        for pkg in sorted(p.name for p in folder.iterdir() if (p / "config.py").exists()):
-            module = importlib.import_module(f"d2align.projects.{pkg}")
-            hooks.append(getattr(module, f"add_{pkg}_config"))
+    hooks += [h for h in config_hooks_for(config_file) if h is not add_iou_net_config]
     return hooks
 
 
 def build_models(args):
     """(detector config, DetectorWithIoUNet) with both checkpoints loaded, in eval mode."""
     det_opts = list(args.detector_opts) + RAW_DETECTIONS + ["OUTPUT_DIR", args.out]
-    det_cfg = build_config(args.detector_config, det_opts, config_hooks_for(args.detector_config))
+    hooks = detector_config_hooks(args.detector_config)
+    det_cfg = build_config(args.detector_config, det_opts, hooks)
     register_data_from_config(det_cfg)
     det_cfg.freeze()
     iou_cfg = build_config(args.iounet_config, args.iounet_opts, [add_iou_net_config])

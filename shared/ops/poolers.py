@@ -18,7 +18,8 @@ from detectron2.modeling.poolers import (
 from detectron2.structures import Boxes
 from torch import nn
 
-from .prroi_pool import PrRoIPool
+from ._ext import require_ext
+from .prroi_pool import _check_inputs, _prroi_pool_unchecked
 
 __all__ = ["PrRoIPooler", "build_roi_pooler"]
 
@@ -64,7 +65,7 @@ class PrRoIPooler(nn.Module):
         if len(output_size) != 2 or not all(isinstance(s, int) for s in output_size):
             raise ValueError(f"PrRoIPooler: output_size must be an int or pair, got {output_size}")
         self.output_size = tuple(output_size)
-        self.level_poolers = nn.ModuleList(PrRoIPool(self.output_size, s) for s in scales)
+        self.scales = [float(s) for s in scales]
 
         min_level, max_level = -math.log2(scales[0]), -math.log2(scales[-1])
         if not all(math.isclose(v, round(v)) for v in (min_level, max_level)):
@@ -92,9 +93,9 @@ class PrRoIPooler(nn.Module):
         """
         if not isinstance(x, list) or not isinstance(box_lists, list):
             raise TypeError("PrRoIPooler: arguments must be lists")
-        if len(x) != len(self.level_poolers):
+        if len(x) != len(self.scales):
             raise ValueError(
-                f"PrRoIPooler: expected {len(self.level_poolers)} feature maps, got {len(x)}"
+                f"PrRoIPooler: expected {len(self.scales)} feature maps, got {len(x)}"
             )
         if len(box_lists) != x[0].size(0):
             raise ValueError(
@@ -104,9 +105,13 @@ class PrRoIPooler(nn.Module):
         if len(box_lists) == 0:
             return torch.zeros((0, x[0].shape[1]) + self.output_size, dtype=dtype, device=device)
 
+        require_ext("prroi_pool")
         rois = convert_boxes_to_pooler_format(box_lists).to(dtype=dtype)
-        if len(self.level_poolers) == 1:
-            return self.level_poolers[0](x[0], rois)
+        # one check of all boxes (finite; batch indices are valid by construction) instead of
+        # one per level: the pooler is called many times per image by IoU-Net's refinement
+        _check_inputs(x[0], rois)
+        if len(self.scales) == 1:
+            return _prroi_pool_unchecked(x[0], rois, self.output_size, self.scales[0])
 
         levels = assign_boxes_to_levels(
             box_lists, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
@@ -114,9 +119,12 @@ class PrRoIPooler(nn.Module):
         output = torch.zeros(
             (rois.shape[0], x[0].shape[1]) + self.output_size, dtype=dtype, device=device
         )
-        for level, pooler in enumerate(self.level_poolers):
+        for level, scale in enumerate(self.scales):
             inds = torch.nonzero(levels == level, as_tuple=True)[0]
-            output.index_put_((inds,), pooler(x[level], rois[inds]))
+            if inds.numel() == 0:
+                continue
+            pooled = _prroi_pool_unchecked(x[level], rois[inds], self.output_size, scale)
+            output.index_put_((inds,), pooled)
         return output
 
 

@@ -122,6 +122,14 @@ def prroi_pool(
     require_ext("prroi_pool")
     output_size = _pair(output_size)
     _check_inputs(input, rois)
+    return _prroi_pool_unchecked(input, rois, output_size, spatial_scale)
+
+
+def _prroi_pool_unchecked(
+    input: torch.Tensor, rois: torch.Tensor, output_size: Tuple[int, int], spatial_scale: float
+) -> torch.Tensor:
+    """:func:`prroi_pool` for callers that have already validated `input` and `rois` (e.g.
+    `PrRoIPooler`, which checks the boxes of all levels once and builds valid batch indices)."""
     if input.dtype in (torch.float16, torch.bfloat16):
         out = _PrRoIPool.apply(input.float(), rois.float(), output_size, float(spatial_scale))
         return out.to(input.dtype)
