@@ -66,6 +66,25 @@ def test_seeds_give_mean_and_sample_std(tmp_path):
     assert f"| {CONFIG.stem} (seed 3) | 48.0 | 70.0 |" in table
 
 
+def test_paired_differences_by_seed(tmp_path):
+    """B - A per seed: (43 - 40, 45 - 44, 51 - 48) = (3, 1, 3): mean 7/3; deviations (2/3, -4/3,
+    2/3), squares summing to 24/9, so the sample std is sqrt(24/9 / 2) = sqrt(4/3)."""
+    compare = _load_compare()
+    config_b = ROOT / "configs" / "shapes" / "retinanet_R18_FPN_scratch.yaml"
+    for name, aps in [("a", [40.0, 44.0, 48.0]), ("b", [43.0, 45.0, 51.0])]:
+        for seed, ap in zip([1, 2, 3], aps):
+            _write_results(tmp_path / name / f"seed{seed}", dict(BBOX, AP=ap))
+    rows_a = [compare.summarize("a", compare.read_results(r)) for r in
+              compare.runs_of(CONFIG, ["OUTPUT_DIR", str(tmp_path / "a")], [1, 2, 3])]
+    rows_b = [compare.summarize("b", compare.read_results(r)) for r in
+              compare.runs_of(config_b, ["OUTPUT_DIR", str(tmp_path / "b")], [1, 2, 3])]
+    diff = compare.paired_differences(compare.aggregate("a", rows_a), compare.aggregate("b", rows_b))
+    assert diff["name"] == "b - a"
+    assert abs(diff["AP"] - 7 / 3) < 1e-9
+    assert abs(diff["AP_std"] - (4 / 3) ** 0.5) < 1e-9
+    assert diff["AP50"] == 0.0
+
+
 def test_seed_runs_override_seed_and_output_dir(tmp_path):
     compare = _load_compare()
     (run,) = compare.runs_of(CONFIG, ["OUTPUT_DIR", str(tmp_path)], [7])

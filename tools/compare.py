@@ -153,6 +153,19 @@ def aggregate(name: str, rows: List[dict]) -> dict:
     return out
 
 
+def paired_differences(reference: dict, row: dict) -> dict:
+    """Mean and sample std over seeds of `row` minus `reference`, seed by seed (both aggregated
+    rows of the same seeds, in the same order): a run and its reference share the seed, hence
+    the initialisation and the order of the data, so that these differences vary less than the
+    rows themselves."""
+    out = {"name": f"{row['name']} - {reference['name']}", "num_seeds": row["num_seeds"]}
+    for k in AP_COLUMNS + SPEED_COLUMNS:
+        diffs = [r[k] - ref[k] for r, ref in zip(row["runs"], reference["runs"])]
+        out[k] = statistics.fmean(diffs)
+        out[k + "_std"] = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    return out
+
+
 def markdown_table(rows, with_std: bool = False) -> str:
     cols = AP_COLUMNS + ["train s/iter", "inf s/img"]
     lines = ["| config | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -213,6 +226,12 @@ def main(argv=None):
         per_seed = [r for row in rows for r in row["runs"]]
         table += f"\n\nMean ± sample std over seeds {args.seeds}. Per seed:\n\n"
         table += markdown_table(per_seed)
+        if len(rows) > 1 and len(args.seeds) > 1:
+            diffs = [paired_differences(rows[0], r) for r in rows[1:]]
+            table += "\n\nDifferences to the first config, paired by seed (mean ± std):\n\n"
+            table += markdown_table(diffs, with_std=True)
+            for row, diff in zip(rows[1:], diffs):
+                row["paired_difference_to_first"] = diff
     (args.out / "results.md").write_text(table + "\n")
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
     plot_ap_vs_iou(rows, args.out / "ap_vs_iou.png")
