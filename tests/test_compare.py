@@ -78,7 +78,8 @@ def test_paired_differences_by_seed(tmp_path):
               compare.runs_of(CONFIG, ["OUTPUT_DIR", str(tmp_path / "a")], [1, 2, 3])]
     rows_b = [compare.summarize("b", compare.read_results(r)) for r in
               compare.runs_of(config_b, ["OUTPUT_DIR", str(tmp_path / "b")], [1, 2, 3])]
-    diff = compare.paired_differences(compare.aggregate("a", rows_a), compare.aggregate("b", rows_b))
+    row_a, row_b = compare.aggregate("a", rows_a), compare.aggregate("b", rows_b)
+    diff = compare.paired_differences(row_a, row_b)
     assert diff["name"] == "b - a"
     assert abs(diff["AP"] - 7 / 3) < 1e-9
     assert abs(diff["AP_std"] - (4 / 3) ** 0.5) < 1e-9
