@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "prroi_pool/prroi_pool.h"
+#include "prroi_pool/prroi_pool_checks.h"
 #include "prroi_pool/prroi_pool_utils.h"
 
 namespace d2align {
@@ -321,21 +322,6 @@ void backward_rois_kernel(
   });
 }
 
-void check_rois(const at::Tensor& rois, const at::Tensor& input) {
-  TORCH_CHECK(
-      rois.dim() == 2 && rois.size(1) == 5,
-      "prroi_pool: rois must have shape (R, 5), got ",
-      rois.sizes());
-  TORCH_CHECK(
-      input.dim() == 4, "prroi_pool: input must have shape (N, C, H, W), got ", input.sizes());
-  TORCH_CHECK(
-      rois.scalar_type() == input.scalar_type(),
-      "prroi_pool: rois dtype ",
-      rois.scalar_type(),
-      " differs from input dtype ",
-      input.scalar_type());
-}
-
 }  // namespace
 
 at::Tensor prroi_pool_forward_cpu(
@@ -346,8 +332,8 @@ at::Tensor prroi_pool_forward_cpu(
     int64_t pooled_width) {
   TORCH_CHECK(
       input.device().is_cpu() && rois.device().is_cpu(), "prroi_pool: expected CPU tensors");
-  check_rois(rois, input);
-  TORCH_CHECK(pooled_height > 0 && pooled_width > 0, "prroi_pool: output size must be positive");
+  prroi_pool::check_input_and_rois(input, rois);
+  prroi_pool::check_output_size(pooled_height, pooled_width);
   const auto x = input.contiguous();
   const auto b = rois.contiguous();
   auto output = at::empty({b.size(0), x.size(1), pooled_height, pooled_width}, x.options());
@@ -376,16 +362,9 @@ at::Tensor prroi_pool_backward_input_cpu(
     const at::Tensor& rois,
     double spatial_scale,
     at::IntArrayRef input_shape) {
-  TORCH_CHECK(input_shape.size() == 4, "prroi_pool: input_shape must be (N, C, H, W)");
-  TORCH_CHECK(grad_output.dim() == 4, "prroi_pool: grad_output must be (R, C, ph, pw)");
   TORCH_CHECK(
-      grad_output.size(0) == rois.size(0) && grad_output.size(1) == input_shape[1],
-      "prroi_pool: grad_output shape ",
-      grad_output.sizes(),
-      " does not match rois ",
-      rois.sizes(),
-      " and input shape ",
-      input_shape);
+      grad_output.device().is_cpu() && rois.device().is_cpu(), "prroi_pool: expected CPU tensors");
+  prroi_pool::check_grad_output(grad_output, rois, input_shape);
   const auto go = grad_output.contiguous();
   const auto b = rois.contiguous();
   auto grad_input = at::zeros(input_shape, go.options());
@@ -414,16 +393,11 @@ at::Tensor prroi_pool_backward_rois_cpu(
     const at::Tensor& input,
     const at::Tensor& rois,
     double spatial_scale) {
-  check_rois(rois, input);
   TORCH_CHECK(
-      grad_output.dim() == 4 && grad_output.size(0) == rois.size(0) &&
-          grad_output.size(1) == input.size(1),
-      "prroi_pool: grad_output shape ",
-      grad_output.sizes(),
-      " does not match rois ",
-      rois.sizes(),
-      " and input ",
-      input.sizes());
+      grad_output.device().is_cpu() && input.device().is_cpu() && rois.device().is_cpu(),
+      "prroi_pool: expected CPU tensors");
+  prroi_pool::check_input_and_rois(input, rois);
+  prroi_pool::check_grad_output(grad_output, rois, input.sizes());
   const auto go = grad_output.contiguous();
   const auto x = input.contiguous();
   const auto b = rois.contiguous();

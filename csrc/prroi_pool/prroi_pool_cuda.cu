@@ -13,6 +13,7 @@
 #include <algorithm>
 
 #include "prroi_pool/prroi_pool.h"
+#include "prroi_pool/prroi_pool_checks.h"
 #include "prroi_pool/prroi_pool_utils.h"
 
 namespace d2align {
@@ -192,22 +193,10 @@ __global__ void backward_rois_kernel(
   }
 }
 
-void check_inputs(const at::Tensor& input, const at::Tensor& rois, const char* name) {
+void check_cuda_inputs(const at::Tensor& input, const at::Tensor& rois, const char* name) {
   TORCH_CHECK(input.is_cuda() && rois.is_cuda(), name, ": expected CUDA tensors");
   at::checkAllSameGPU(name, {{input, "input", 1}, {rois, "rois", 2}});
-  TORCH_CHECK(
-      rois.dim() == 2 && rois.size(1) == 5,
-      name,
-      ": rois must have shape (R, 5), got ",
-      rois.sizes());
-  TORCH_CHECK(input.dim() == 4, name, ": input must have shape (N, C, H, W), got ", input.sizes());
-  TORCH_CHECK(
-      rois.scalar_type() == input.scalar_type(),
-      name,
-      ": rois dtype ",
-      rois.scalar_type(),
-      " differs from input dtype ",
-      input.scalar_type());
+  prroi_pool::check_input_and_rois(input, rois);
 }
 
 }  // namespace
@@ -218,8 +207,8 @@ at::Tensor prroi_pool_forward_cuda(
     double spatial_scale,
     int64_t pooled_height,
     int64_t pooled_width) {
-  check_inputs(input, rois, "prroi_pool_forward_cuda");
-  TORCH_CHECK(pooled_height > 0 && pooled_width > 0, "prroi_pool: output size must be positive");
+  check_cuda_inputs(input, rois, "prroi_pool_forward_cuda");
+  prroi_pool::check_output_size(pooled_height, pooled_width);
   at::cuda::CUDAGuard device_guard(input.device());
   const auto x = input.contiguous();
   const auto b = rois.contiguous();
@@ -255,16 +244,7 @@ at::Tensor prroi_pool_backward_input_cuda(
   TORCH_CHECK(grad_output.is_cuda() && rois.is_cuda(), "prroi_pool: expected CUDA tensors");
   at::checkAllSameGPU(
       "prroi_pool_backward_input_cuda", {{grad_output, "grad_output", 1}, {rois, "rois", 2}});
-  TORCH_CHECK(input_shape.size() == 4, "prroi_pool: input_shape must be (N, C, H, W)");
-  TORCH_CHECK(
-      grad_output.dim() == 4 && grad_output.size(0) == rois.size(0) &&
-          grad_output.size(1) == input_shape[1],
-      "prroi_pool: grad_output shape ",
-      grad_output.sizes(),
-      " does not match rois ",
-      rois.sizes(),
-      " and input shape ",
-      input_shape);
+  prroi_pool::check_grad_output(grad_output, rois, input_shape);
   at::cuda::CUDAGuard device_guard(grad_output.device());
   const auto go = grad_output.contiguous();
   const auto b = rois.contiguous();
@@ -297,18 +277,10 @@ at::Tensor prroi_pool_backward_rois_cuda(
     const at::Tensor& input,
     const at::Tensor& rois,
     double spatial_scale) {
-  check_inputs(input, rois, "prroi_pool_backward_rois_cuda");
+  check_cuda_inputs(input, rois, "prroi_pool_backward_rois_cuda");
   at::checkAllSameGPU(
       "prroi_pool_backward_rois_cuda", {{grad_output, "grad_output", 1}, {input, "input", 2}});
-  TORCH_CHECK(
-      grad_output.dim() == 4 && grad_output.size(0) == rois.size(0) &&
-          grad_output.size(1) == input.size(1),
-      "prroi_pool: grad_output shape ",
-      grad_output.sizes(),
-      " does not match rois ",
-      rois.sizes(),
-      " and input ",
-      input.sizes());
+  prroi_pool::check_grad_output(grad_output, rois, input.sizes());
   at::cuda::CUDAGuard device_guard(input.device());
   const auto go = grad_output.contiguous();
   const auto x = input.contiguous();
