@@ -104,7 +104,7 @@ def _unnormalized_loss(model, batch) -> float:
     return total * model.loss_normalizer
 
 
-ITERATIONS = 40
+ITERATIONS = 80  # at 40, the loss ended at 0.52-0.66x of its start depending on threads
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
