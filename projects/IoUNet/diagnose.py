@@ -119,7 +119,7 @@ def main(argv=None):
     out = args.out or os.path.join(cfg.OUTPUT_DIR, "diagnostics")
 
     ious, cls_scores, pred_ious, counts = diagnose(model, cfg, dataset, args.max_images)
-    title = f"{os.path.basename(args.config_file)} on {dataset}"
+    title = f"{os.path.basename(args.config_file)}\non {dataset}"  # two lines: fits the plot
     r_cls = plot_score_vs_iou(
         ious, cls_scores, os.path.join(out, "fig2a_cls_score_vs_iou.png"), title
     )
