@@ -2,8 +2,8 @@
 
 Both poolers run forward + backward (to the features; PrRoI also with the box gradient that
 IoU-Net's refinement needs) on the same inputs in the same run, repeats interleaved, and the
-ratio of median times is printed. detectron2's "ROIAlignV2" is torchvision's ``roi_align`` with aligned=True, here with
-sampling_ratio=2. Boxes are assigned to P2-P5 by the poolers as in FPN.
+ratio of median times is printed. detectron2's "ROIAlignV2" is torchvision's ``roi_align``
+with aligned=True, here with sampling_ratio=2. Boxes are assigned to P2-P5 by the poolers as in FPN.
 
 Usage:
     python benchmarks/bench_prroi_pool.py [--device cpu|cuda] [--repeats 5] [--threads N]

@@ -1,4 +1,5 @@
-"""The five paper projects, each installed as d2align.projects.<name> from projects/<Name>/<name>/."""
+"""The five paper projects, each installed as d2align.projects.<name> from
+projects/<Name>/<name>/."""
 import importlib
 from pathlib import Path
 from typing import Callable, List
