@@ -1,27 +1,21 @@
 #!/usr/bin/env python
-"""Installs `d2align` (from shared/), its compiled ops `d2align._C` (from csrc/), and each
-project package as `d2align.projects.<name>` (from projects/<Name>/<name>/).
+"""Installs `d2align` (from shared/d2align/), its compiled ops `d2align._C` (from csrc/), and each
+project package as `d2align.projects.<package>` (from projects/<Folder>/<package>/).
 
 The C++ (CPU) kernels are always built; the CUDA kernels are added when torch sees a GPU and
 CUDA_HOME is set, or when FORCE_CUDA=1.
 """
 import glob
 import os
+import sys
 
 import torch
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-
-# folder under projects/ -> its package (snake_case of the folder)
-PROJECTS = {
-    "CPMRCNN": "cpm_rcnn",
-    "IoUNet": "iou_net",
-    "MutualGuidance": "mutual_guidance",
-    "OffsetBin": "offset_bin",
-    "DCLoss": "dc_loss",
-}
+sys.path.insert(0, os.path.join(ROOT, "shared"))
+from d2align.projects import discover_projects  # noqa: E402  (stdlib only; the one project map)
 
 
 def get_extensions():
@@ -48,28 +42,26 @@ def get_extensions():
 
 
 def get_packages():
-    packages = {"d2align": "shared"}
-    for sub in find_packages("shared"):
-        packages["d2align." + sub] = os.path.join("shared", *sub.split("."))
-    for folder, name in PROJECTS.items():
+    """The library's packages (src layout under shared/) and each project's package, mapped to
+    their folders."""
+    packages = {"": "shared"}
+    names = find_packages("shared")
+    for folder, name in discover_projects(os.path.join(ROOT, "projects")).items():
         pkg_dir = os.path.join("projects", folder, name)
-        if os.path.isdir(pkg_dir):
-            for sub in [name] + [name + "." + s for s in find_packages(pkg_dir)]:
-                packages["d2align.projects." + sub] = os.path.join(
-                    "projects", folder, *sub.split(".")
-                )
-    return packages
+        for sub in [name] + [name + "." + s for s in find_packages(pkg_dir)]:
+            packages["d2align.projects." + sub] = os.path.join("projects", folder, *sub.split("."))
+    return names + [p for p in packages if p], packages
 
 
-PACKAGES = get_packages()
+PACKAGES, PACKAGE_DIR = get_packages()
 
 setup(
     name="d2align",
     version="0.1.0",
     description="detectron2 projects on the misalignment of classification and localization",
     python_requires=">=3.10",
-    packages=list(PACKAGES),
-    package_dir=PACKAGES,
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
     ext_modules=get_extensions(),
     cmdclass={"build_ext": BuildExtension},
 )

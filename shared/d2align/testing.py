@@ -8,7 +8,7 @@ from .data.datasets import register_coco_instances_checked
 from .data.synthetic import ShapesSpec, generate_split
 from .engine import build_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))  # checkout
 
 
 def register_tiny_shapes(
