@@ -262,10 +262,17 @@ def test_bad_inputs():
         torch.ops.d2align.cl_balanced_nms(boxes, s / 0, idxs, 0.5, 1.0, 1.0)
 
 
+# Only IoU-guided NMS has a CUDA kernel. Soft-NMS and CL-balanced NMS are sequential and run on
+# the CPU whatever the input's device (the wrapper copies there and back), so comparing them
+# "on CUDA" with the CPU would compare the CPU kernel with itself: they get the round-trip test.
+CUDA_KERNEL_CASES = [c for c in CASES if c[0] is batched_iou_guided_nms]
+CPU_ONLY_CASES = [c for c in CASES if c[0] is not batched_iou_guided_nms]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("case", CUDA_KERNEL_CASES, ids=lambda c: f"iou_guided-{c[3]}")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cuda_equals_cpu(case, dtype):
+def test_cuda_kernel_equals_cpu_kernel(case, dtype):
     op, _, num_scores, kwargs = case
     for seed, n in [(0, 0), (1, 1), (2, 500), (3, 5000)]:
         boxes, scores, idxs = clustered_inputs(n, 20, seed, dtype=dtype)
@@ -273,3 +280,17 @@ def test_cuda_equals_cpu(case, dtype):
         cuda = run(op, boxes.cuda(), [s.cuda() for s in scores], idxs.cuda(), kwargs, num_scores)
         assert cuda[0].is_cuda and cuda[1].is_cuda
         assert torch.equal(cpu[0], cuda[0].cpu()) and torch.equal(cpu[1], cuda[1].cpu())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case", CPU_ONLY_CASES, ids=lambda c: f"{c[0].__name__}-{c[3]}")
+def test_cpu_only_ops_return_on_the_input_device(case):
+    """No CUDA kernel: the result of CUDA inputs comes back on their device, equal to the
+    reference (a device round trip, not a kernel comparison)."""
+    op, reference, num_scores, kwargs = case
+    boxes, scores, idxs = clustered_inputs(300, 5, seed=4)
+    keep, new_scores = run(op, boxes.cuda(), [s.cuda() for s in scores], idxs.cuda(), kwargs,
+                           num_scores)
+    ref_keep, ref_scores = run(reference, boxes, scores, idxs, kwargs, num_scores)
+    assert keep.is_cuda and new_scores.is_cuda
+    assert torch.equal(keep.cpu(), ref_keep) and torch.equal(new_scores.cpu(), ref_scores)
