@@ -1,11 +1,15 @@
-"""IoU-Net end to end on tiny embedded data: training lowers the losses, and on the trained
-model's real outputs IoU-guided NMS matches Algorithm 1 and refinement follows Algorithm 2."""
+"""IoU-Net end to end: seeded regression values of the losses and detections of a tiny model
+on a fixed batch; on tiny embedded data, training lowers the losses, and on the trained model's
+real outputs IoU-guided NMS matches Algorithm 1 and refinement follows Algorithm 2."""
 import pytest
 import torch
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import HookBase
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
 
-from d2align.engine import Trainer
+from d2align.engine import Trainer, build_config
 from d2align.ops import iou_guided_nms_reference
 from d2align.projects.iou_net import IoUNetPostProcessor, add_iou_net_config
 from d2align.testing import register_tiny_shapes, tiny_training_config
@@ -31,6 +35,91 @@ SMALL = [
     "SOLVER.BASE_LR", "0.01",
     "SEED", "1",
 ]  # fmt: skip
+
+
+STANDALONE = "projects/IoUNet/configs/shapes/standalone_iounet_R18_FPN_scratch.yaml"
+# the seeded regression model: random weights, few proposals, narrow heads
+TINY = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.FPN.OUT_CHANNELS", "32",
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64",
+    "MODEL.RPN.POST_NMS_TOPK_TEST", "8",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
+    "MODEL.IOU_NET.FC_DIMS", "[32, 32]",
+    "MODEL.IOU_NET.FC_INIT_STD", "0.1",
+    "MODEL.IOU_NET.PRED_INIT_STD", "0.1",
+    "MODEL.IOU_NET.NUM_JITTER_SAMPLES", "16",
+]  # fmt: skip
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _fixed_batch():
+    """Two 64 x 64 noise images, one with two objects and one with none."""
+    generator = torch.Generator().manual_seed(0)
+    batch = []
+    for boxes, classes in (([[8.0, 10.0, 40.0, 50.0], [30.0, 4.0, 60.0, 28.0]], [1, 4]), ([], [])):
+        target = Instances((64, 64))
+        target.gt_boxes = Boxes(torch.tensor(boxes).view(-1, 4))
+        target.gt_classes = torch.tensor(classes, dtype=torch.int64)
+        image = torch.rand(3, 64, 64, generator=generator) * 255
+        batch.append({"image": image, "instances": target})
+    return batch
+
+
+def _seeded_model(config):
+    torch.manual_seed(0)
+    return build_model(build_config(config, TINY, [add_iou_net_config]))
+
+
+def test_seeded_losses_and_detections_regression(one_thread):
+    # values recorded from the model as of commit c86ef83; a change to the IoU branch, its
+    # targets, its loss, the box branch or the post-processing breaks them
+    model = _seeded_model(CONFIG)
+    batch = _fixed_batch()
+    torch.manual_seed(1)  # proposal sampling and box jittering
+    with EventStorage():
+        losses = model(batch)
+    expected = {
+        "loss_cls": 1.9304590225219727,
+        "loss_box_reg": 0.1485992968082428,
+        "loss_iou": 0.3089343309402466,
+        "loss_rpn_cls": 0.6922492980957031,
+        "loss_rpn_loc": 0.0037061646580696106,
+    }
+    assert set(losses) == set(expected)
+    for key, value in expected.items():
+        assert losses[key].item() == pytest.approx(value, rel=1e-4), key
+
+    model.eval()
+    with torch.no_grad():  # IoU-guided NMS and refinement, in the network input's pixels
+        outputs = model.inference(batch, do_postprocess=False)
+    # per image: detections, sum of scores, of predicted IoUs, of box coordinates, first classes
+    expected = [
+        (34, 4.844160556793213, 27.984928131103516, 4541.767578125, [3, 0, 4, 4, 0, 1]),
+        (41, 5.8553643226623535, 34.37544631958008, 5076.71484375, [4, 1, 4, 1, 1, 1]),
+    ]
+    for out, (num, scores, ious, coords, classes) in zip(outputs, expected):
+        assert len(out) == num
+        assert out.scores.sum().item() == pytest.approx(scores, rel=1e-4)
+        assert out.pred_ious.sum().item() == pytest.approx(ious, rel=1e-4)
+        assert out.pred_boxes.tensor.sum().item() == pytest.approx(coords, rel=1e-4)
+        assert out.pred_classes[:6].tolist() == classes
+
+
+def test_seeded_standalone_loss_regression(one_thread):
+    model = _seeded_model(STANDALONE)
+    torch.manual_seed(1)
+    losses = model(_fixed_batch())
+    assert set(losses) == {"loss_iou"}
+    assert losses["loss_iou"].item() == pytest.approx(0.14355401694774628, rel=1e-4)
 
 
 class _RecordLosses(HookBase):
