@@ -6,20 +6,17 @@
 #include <cmath>
 
 #include "nms/nms.h"
-#include "nms/nms_utils.h"
 #include "nms/nms_host_utils.h"
+#include "nms/nms_utils.h"
 
 namespace d2align {
 
 namespace {
 
 template <typename scalar_t>
-std::tuple<at::Tensor, at::Tensor> cl_balanced_nms_cpu_kernel(const at::Tensor& boxes,
-                                                              const at::Tensor& scores,
-                                                              const at::Tensor& idxs,
-                                                              double iou_threshold,
-                                                              scalar_t temperature,
-                                                              scalar_t dis_scale) {
+std::tuple<at::Tensor, at::Tensor> cl_balanced_nms_cpu_kernel(
+    const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold,
+    scalar_t temperature, scalar_t dis_scale) {
   using namespace nms_utils;
   const int64_t n = boxes.size(0);
   const scalar_t* p = scores.data_ptr<scalar_t>();
@@ -91,13 +88,11 @@ std::tuple<at::Tensor, at::Tensor> cl_balanced_nms_cpu_kernel(const at::Tensor& 
 
 std::tuple<at::Tensor, at::Tensor> cl_balanced_nms_cpu(const at::Tensor& boxes,
                                                        const at::Tensor& scores,
-                                                       const at::Tensor& idxs,
-                                                       double iou_threshold,
-                                                       double temperature,
-                                                       double dis_scale) {
+                                                       const at::Tensor& idxs, double iou_threshold,
+                                                       double temperature, double dis_scale) {
   nms_utils::check_inputs("cl_balanced_nms", boxes, {{"scores", &scores}}, idxs);
   TORCH_CHECK_VALUE(temperature > 0, "cl_balanced_nms: temperature must be positive, got ",
-              temperature);
+                    temperature);
   TORCH_CHECK_VALUE(dis_scale >= 0, "cl_balanced_nms: dis_scale must be >= 0, got ", dis_scale);
   std::tuple<at::Tensor, at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "cl_balanced_nms_cpu", [&] {
@@ -108,8 +103,6 @@ std::tuple<at::Tensor, at::Tensor> cl_balanced_nms_cpu(const at::Tensor& boxes,
   return result;
 }
 
-TORCH_LIBRARY_IMPL(d2align, CPU, m) {
-  m.impl("cl_balanced_nms", &cl_balanced_nms_cpu);
-}
+TORCH_LIBRARY_IMPL(d2align, CPU, m) { m.impl("cl_balanced_nms", &cl_balanced_nms_cpu); }
 
 }  // namespace d2align

@@ -2,8 +2,8 @@
 #include <torch/library.h>
 
 #include "nms/nms.h"
-#include "nms/nms_utils.h"
 #include "nms/nms_host_utils.h"
+#include "nms/nms_utils.h"
 
 namespace d2align {
 
@@ -20,8 +20,7 @@ std::tuple<at::Tensor, at::Tensor> iou_guided_nms_cpu_kernel(const at::Tensor& b
   const scalar_t* cls = cls_scores.data_ptr<scalar_t>();
   const scalar_t* loc = loc_scores.data_ptr<scalar_t>();
   std::vector<int64_t> starts;
-  const std::vector<int64_t> order =
-      class_major_order(idxs.data_ptr<int64_t>(), loc, n, &starts);
+  const std::vector<int64_t> order = class_major_order(idxs.data_ptr<int64_t>(), loc, n, &starts);
   std::vector<scalar_t> sorted_boxes, areas;
   gather_boxes(boxes.data_ptr<scalar_t>(), order, &sorted_boxes, &areas);
   const scalar_t* b = sorted_boxes.data();
@@ -62,15 +61,13 @@ std::tuple<at::Tensor, at::Tensor> iou_guided_nms_cpu(const at::Tensor& boxes,
                           {{"cls_scores", &cls_scores}, {"loc_scores", &loc_scores}}, idxs);
   std::tuple<at::Tensor, at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "iou_guided_nms_cpu", [&] {
-    result = iou_guided_nms_cpu_kernel<scalar_t>(
-        boxes.contiguous(), cls_scores.contiguous(), loc_scores.contiguous(), idxs.contiguous(),
-        iou_threshold);
+    result = iou_guided_nms_cpu_kernel<scalar_t>(boxes.contiguous(), cls_scores.contiguous(),
+                                                 loc_scores.contiguous(), idxs.contiguous(),
+                                                 iou_threshold);
   });
   return result;
 }
 
-TORCH_LIBRARY_IMPL(d2align, CPU, m) {
-  m.impl("iou_guided_nms", &iou_guided_nms_cpu);
-}
+TORCH_LIBRARY_IMPL(d2align, CPU, m) { m.impl("iou_guided_nms", &iou_guided_nms_cpu); }
 
 }  // namespace d2align

@@ -26,11 +26,8 @@ constexpr int kBitsPerWord = 64;
 constexpr int kWarpSize = 32;
 
 template <typename T>
-__global__ void iou_guided_mask_kernel(int64_t n,
-                                       double iou_threshold,
-                                       const T* __restrict__ boxes,
-                                       const int64_t* __restrict__ classes,
-                                       int64_t col_blocks,
+__global__ void iou_guided_mask_kernel(int64_t n, double iou_threshold, const T* __restrict__ boxes,
+                                       const int64_t* __restrict__ classes, int64_t col_blocks,
                                        unsigned long long* __restrict__ mask) {
   using namespace nms_utils;
   const int64_t row_block = blockIdx.y;
@@ -66,9 +63,8 @@ __global__ void iou_guided_mask_kernel(int64_t n,
     const int64_t class_i = classes[i];
     unsigned long long bits = 0;
     for (int j = row_block == col_block ? threadIdx.x + 1 : 0; j < col_size; ++j) {
-      if (col_classes[j] == class_i &&
-          static_cast<double>(box_iou(box_i, col_boxes + j * 4, area_i, col_areas[j])) >
-              iou_threshold) {
+      if (col_classes[j] == class_i && static_cast<double>(box_iou(box_i, col_boxes + j * 4, area_i,
+                                                                   col_areas[j])) > iou_threshold) {
         bits |= 1ULL << j;
       }
     }
@@ -80,10 +76,8 @@ __global__ void iou_guided_mask_kernel(int64_t n,
 // remover[j] becomes the kept box that removed j (-1 for kept boxes). The bits of a word of
 // `removed` may belong to two classes, hence the atomics; each warp only reads its own bits.
 __global__ void iou_guided_scan_kernel(const unsigned long long* __restrict__ mask,
-                                       const int64_t* __restrict__ class_starts,
-                                       int64_t col_blocks,
-                                       unsigned long long* removed,
-                                       int64_t* __restrict__ remover) {
+                                       const int64_t* __restrict__ class_starts, int64_t col_blocks,
+                                       unsigned long long* removed, int64_t* __restrict__ remover) {
   const int64_t start = class_starts[blockIdx.x];
   const int64_t end = class_starts[blockIdx.x + 1];
   const int64_t last_word = (end - 1) / kBitsPerWord;
@@ -171,8 +165,6 @@ std::tuple<at::Tensor, at::Tensor> iou_guided_nms_cuda(const at::Tensor& boxes,
                          merged.index_select(0, kept_pos).index_select(0, perm));
 }
 
-TORCH_LIBRARY_IMPL(d2align, CUDA, m) {
-  m.impl("iou_guided_nms", &iou_guided_nms_cuda);
-}
+TORCH_LIBRARY_IMPL(d2align, CUDA, m) { m.impl("iou_guided_nms", &iou_guided_nms_cuda); }
 
 }  // namespace d2align

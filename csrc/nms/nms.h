@@ -21,8 +21,7 @@ namespace d2align {
 std::tuple<at::Tensor, at::Tensor> iou_guided_nms_cpu(const at::Tensor& boxes,
                                                       const at::Tensor& cls_scores,
                                                       const at::Tensor& loc_scores,
-                                                      const at::Tensor& idxs,
-                                                      double iou_threshold);
+                                                      const at::Tensor& idxs, double iou_threshold);
 #ifdef WITH_CUDA
 std::tuple<at::Tensor, at::Tensor> iou_guided_nms_cuda(const at::Tensor& boxes,
                                                        const at::Tensor& cls_scores,
@@ -33,21 +32,16 @@ std::tuple<at::Tensor, at::Tensor> iou_guided_nms_cuda(const at::Tensor& boxes,
 
 // method is "linear" or "gaussian"; returns the kept boxes and their decayed scores, sorted by
 // (new score desc, index asc).
-std::tuple<at::Tensor, at::Tensor> soft_nms_cpu(const at::Tensor& boxes,
-                                                const at::Tensor& scores,
-                                                const at::Tensor& idxs,
-                                                c10::string_view method,
-                                                double iou_threshold,
-                                                double sigma,
+std::tuple<at::Tensor, at::Tensor> soft_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
+                                                const at::Tensor& idxs, c10::string_view method,
+                                                double iou_threshold, double sigma,
                                                 double score_threshold);
 
 // Returns one representative per cluster and its selection score p + dis, sorted by
 // (selection score desc, index asc).
 std::tuple<at::Tensor, at::Tensor> cl_balanced_nms_cpu(const at::Tensor& boxes,
                                                        const at::Tensor& scores,
-                                                       const at::Tensor& idxs,
-                                                       double iou_threshold,
-                                                       double temperature,
-                                                       double dis_scale);
+                                                       const at::Tensor& idxs, double iou_threshold,
+                                                       double temperature, double dis_scale);
 
 }  // namespace d2align

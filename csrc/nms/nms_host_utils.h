@@ -35,8 +35,7 @@ inline void check_finite(const char* op, const char* name, const at::Tensor& t) 
 
 // Checks boxes [N, 4] float32/float64 and finite; each of `scores` (name, tensor) [N] finite,
 // of the boxes' dtype and device; idxs [N] int64 on the same device.
-inline void check_inputs(const char* op,
-                         const at::Tensor& boxes,
+inline void check_inputs(const char* op, const at::Tensor& boxes,
                          std::initializer_list<std::pair<const char*, const at::Tensor*>> scores,
                          const at::Tensor& idxs) {
   TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, op,
@@ -70,9 +69,7 @@ inline void check_inputs(const char* op,
 // Box indices sorted by (class asc, key desc, index asc); `key` may be null (index asc within a
 // class). Fills `starts` with the offsets of each class's run in the order, plus the end.
 template <typename scalar_t>
-std::vector<int64_t> class_major_order(const int64_t* idxs,
-                                       const scalar_t* key,
-                                       int64_t n,
+std::vector<int64_t> class_major_order(const int64_t* idxs, const scalar_t* key, int64_t n,
                                        std::vector<int64_t>* starts) {
   std::vector<int64_t> order(n);
   std::iota(order.begin(), order.end(), int64_t(0));
@@ -124,10 +121,8 @@ std::tuple<at::Tensor, at::Tensor> assemble_result(std::vector<Kept<scalar_t>>* 
 
 // Copies the boxes in `order` into a contiguous [N, 4] array and computes their areas.
 template <typename scalar_t>
-void gather_boxes(const scalar_t* boxes,
-                  const std::vector<int64_t>& order,
-                  std::vector<scalar_t>* sorted_boxes,
-                  std::vector<scalar_t>* areas) {
+void gather_boxes(const scalar_t* boxes, const std::vector<int64_t>& order,
+                  std::vector<scalar_t>* sorted_boxes, std::vector<scalar_t>* areas) {
   const size_t n = order.size();
   sorted_boxes->resize(4 * n);
   areas->resize(n);

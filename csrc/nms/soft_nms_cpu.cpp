@@ -4,8 +4,8 @@
 #include <cmath>
 
 #include "nms/nms.h"
-#include "nms/nms_utils.h"
 #include "nms/nms_host_utils.h"
+#include "nms/nms_utils.h"
 
 namespace d2align {
 
@@ -14,16 +14,14 @@ namespace {
 template <typename scalar_t>
 std::tuple<at::Tensor, at::Tensor> soft_nms_cpu_kernel(const at::Tensor& boxes,
                                                        const at::Tensor& scores,
-                                                       const at::Tensor& idxs,
-                                                       bool gaussian,
-                                                       double iou_threshold,
-                                                       scalar_t sigma,
+                                                       const at::Tensor& idxs, bool gaussian,
+                                                       double iou_threshold, scalar_t sigma,
                                                        double score_threshold) {
   using namespace nms_utils;
   const int64_t n = boxes.size(0);
   std::vector<int64_t> starts;
-  const std::vector<int64_t> order = class_major_order<scalar_t>(
-      idxs.data_ptr<int64_t>(), /*key=*/nullptr, n, &starts);
+  const std::vector<int64_t> order =
+      class_major_order<scalar_t>(idxs.data_ptr<int64_t>(), /*key=*/nullptr, n, &starts);
   std::vector<scalar_t> sorted_boxes, areas;
   gather_boxes(boxes.data_ptr<scalar_t>(), order, &sorted_boxes, &areas);
   const scalar_t* b = sorted_boxes.data();
@@ -76,16 +74,13 @@ std::tuple<at::Tensor, at::Tensor> soft_nms_cpu_kernel(const at::Tensor& boxes,
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> soft_nms_cpu(const at::Tensor& boxes,
-                                                const at::Tensor& scores,
-                                                const at::Tensor& idxs,
-                                                c10::string_view method,
-                                                double iou_threshold,
-                                                double sigma,
+std::tuple<at::Tensor, at::Tensor> soft_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores,
+                                                const at::Tensor& idxs, c10::string_view method,
+                                                double iou_threshold, double sigma,
                                                 double score_threshold) {
   nms_utils::check_inputs("soft_nms", boxes, {{"scores", &scores}}, idxs);
   TORCH_CHECK_VALUE(method == "linear" || method == "gaussian",
-              "soft_nms: method must be 'linear' or 'gaussian', got '", method, "'");
+                    "soft_nms: method must be 'linear' or 'gaussian', got '", method, "'");
   TORCH_CHECK_VALUE(sigma > 0, "soft_nms: sigma must be positive, got ", sigma);
   const bool gaussian = method == "gaussian";
   std::tuple<at::Tensor, at::Tensor> result;
@@ -97,8 +92,6 @@ std::tuple<at::Tensor, at::Tensor> soft_nms_cpu(const at::Tensor& boxes,
   return result;
 }
 
-TORCH_LIBRARY_IMPL(d2align, CPU, m) {
-  m.impl("soft_nms", &soft_nms_cpu);
-}
+TORCH_LIBRARY_IMPL(d2align, CPU, m) { m.impl("soft_nms", &soft_nms_cpu); }
 
 }  // namespace d2align

@@ -12,46 +12,28 @@
 namespace d2align {
 
 // Average of the bilinear surface over each bin, as an exact integral. -> (R, C, ph, pw)
-at::Tensor prroi_pool_forward_cpu(
-    const at::Tensor& input,
-    const at::Tensor& rois,
-    double spatial_scale,
-    int64_t pooled_height,
-    int64_t pooled_width);
+at::Tensor prroi_pool_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
+                                  double spatial_scale, int64_t pooled_height,
+                                  int64_t pooled_width);
 
 // Gradient w.r.t. the input feature map, of shape `input_shape` (N, C, H, W).
-at::Tensor prroi_pool_backward_input_cpu(
-    const at::Tensor& grad_output,
-    const at::Tensor& rois,
-    double spatial_scale,
-    at::IntArrayRef input_shape);
+at::Tensor prroi_pool_backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& rois,
+                                         double spatial_scale, at::IntArrayRef input_shape);
 
 // Gradient w.r.t. the RoIs, (R, 5); column 0 (the batch index) gets 0.
-at::Tensor prroi_pool_backward_rois_cpu(
-    const at::Tensor& grad_output,
-    const at::Tensor& input,
-    const at::Tensor& rois,
-    double spatial_scale);
+at::Tensor prroi_pool_backward_rois_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                        const at::Tensor& rois, double spatial_scale);
 
 #ifdef WITH_CUDA
-at::Tensor prroi_pool_forward_cuda(
-    const at::Tensor& input,
-    const at::Tensor& rois,
-    double spatial_scale,
-    int64_t pooled_height,
-    int64_t pooled_width);
+at::Tensor prroi_pool_forward_cuda(const at::Tensor& input, const at::Tensor& rois,
+                                   double spatial_scale, int64_t pooled_height,
+                                   int64_t pooled_width);
 
-at::Tensor prroi_pool_backward_input_cuda(
-    const at::Tensor& grad_output,
-    const at::Tensor& rois,
-    double spatial_scale,
-    at::IntArrayRef input_shape);
+at::Tensor prroi_pool_backward_input_cuda(const at::Tensor& grad_output, const at::Tensor& rois,
+                                          double spatial_scale, at::IntArrayRef input_shape);
 
-at::Tensor prroi_pool_backward_rois_cuda(
-    const at::Tensor& grad_output,
-    const at::Tensor& input,
-    const at::Tensor& rois,
-    double spatial_scale);
+at::Tensor prroi_pool_backward_rois_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                                         const at::Tensor& rois, double spatial_scale);
 #endif
 
 }  // namespace d2align

@@ -30,9 +30,9 @@ struct AxisTable {
   std::vector<int> first;
   std::vector<int> offset;
   std::vector<T> inv_len;  // per bin: 1 / (hi - lo)
-  std::vector<T> w;  // mean_weight
-  std::vector<T> dlo;  // dweight_dlo
-  std::vector<T> dhi;  // dweight_dhi
+  std::vector<T> w;        // mean_weight
+  std::vector<T> dlo;      // dweight_dlo
+  std::vector<T> dhi;      // dweight_dhi
   // dweight_dlo of bin k is 0 but at (at most) the two pixels around lo: entries
   // lo_skip[k] .. lo_skip[k] + lo_count[k] - 1 of the bin's range; likewise for hi.
   std::vector<int> lo_skip, lo_count, hi_skip, hi_count;
@@ -80,27 +80,17 @@ struct AxisTable {
     *skip = begin - first;
     *count = std::max(end - begin + 1, 0);
   }
-  int count(int k) const {
-    return offset[k + 1] - offset[k];
-  }
-  int rows() const {
-    return std::max(union_last - union_first + 1, 0);
-  }
+  int count(int k) const { return offset[k + 1] - offset[k]; }
+  int rows() const { return std::max(union_last - union_first + 1, 0); }
 };
 
 // sums[(j - ty.union_first) * pw + k] = sum_i mean_x_k(i) * plane[j][i] for every row j touched
 // by the RoI and every x bin k. With `lo_sums` and `hi_sums` (RoI gradient), the same sums with
 // dweight_dlo and dweight_dhi, over the two pixels where these are nonzero.
 template <typename T>
-void x_row_sums(
-    const T* plane,
-    int width,
-    const AxisTable<T>& tx,
-    const AxisTable<T>& ty,
-    int pw,
-    std::vector<T>& sums,
-    std::vector<T>* lo_sums = nullptr,
-    std::vector<T>* hi_sums = nullptr) {
+void x_row_sums(const T* plane, int width, const AxisTable<T>& tx, const AxisTable<T>& ty, int pw,
+                std::vector<T>& sums, std::vector<T>* lo_sums = nullptr,
+                std::vector<T>* hi_sums = nullptr) {
   const size_t n_sums = static_cast<size_t>(ty.rows()) * pw;
   sums.assign(n_sums, T(0));
   if (lo_sums != nullptr) {
@@ -135,18 +125,9 @@ void x_row_sums(
 }
 
 template <typename T>
-void forward_kernel(
-    const T* input,
-    const T* rois,
-    T spatial_scale,
-    int64_t num_rois,
-    int num_images,
-    int channels,
-    int height,
-    int width,
-    int ph,
-    int pw,
-    T* output) {
+void forward_kernel(const T* input, const T* rois, T spatial_scale, int64_t num_rois,
+                    int num_images, int channels, int height, int width, int ph, int pw,
+                    T* output) {
   const int64_t bins = static_cast<int64_t>(ph) * pw;
   const int64_t grain = std::max<int64_t>(1, 4096 / bins);
   at::parallel_for(0, num_rois * channels, grain, [&](int64_t begin, int64_t end) {
@@ -191,18 +172,9 @@ void forward_kernel(
 // Channels are split between threads; every thread visits all RoIs for its channels, so no two
 // threads write the same grad_input element.
 template <typename T>
-void backward_input_kernel(
-    const T* grad_output,
-    const T* rois,
-    T spatial_scale,
-    int64_t num_rois,
-    int num_images,
-    int channels,
-    int height,
-    int width,
-    int ph,
-    int pw,
-    T* grad_input) {
+void backward_input_kernel(const T* grad_output, const T* rois, T spatial_scale, int64_t num_rois,
+                           int num_images, int channels, int height, int width, int ph, int pw,
+                           T* grad_input) {
   const int64_t bins = static_cast<int64_t>(ph) * pw;
   at::parallel_for(0, channels, 1, [&](int64_t c_begin, int64_t c_end) {
     AxisTable<T> tx, ty;
@@ -249,19 +221,9 @@ void backward_input_kernel(
 }
 
 template <typename T>
-void backward_rois_kernel(
-    const T* grad_output,
-    const T* input,
-    const T* rois,
-    T spatial_scale,
-    int64_t num_rois,
-    int num_images,
-    int channels,
-    int height,
-    int width,
-    int ph,
-    int pw,
-    T* grad_rois) {
+void backward_rois_kernel(const T* grad_output, const T* input, const T* rois, T spatial_scale,
+                          int64_t num_rois, int num_images, int channels, int height, int width,
+                          int ph, int pw, T* grad_rois) {
   const int64_t bins = static_cast<int64_t>(ph) * pw;
   at::parallel_for(0, num_rois, 1, [&](int64_t begin, int64_t end) {
     AxisTable<T> tx, ty;
@@ -301,13 +263,8 @@ void backward_rois_kernel(
               sy_lo += wy_lo[j] * s0[e];
               sy_hi += wy_hi[j] * s0[e];
             }
-            prroi_pool::add_bin_edge_grad(
-                grad * (sx_lo + s * tx.inv_len[k]),
-                grad * (sx_hi - s * tx.inv_len[k]),
-                k,
-                pw,
-                &dx1,
-                &dx2);
+            prroi_pool::add_bin_edge_grad(grad * (sx_lo + s * tx.inv_len[k]),
+                                          grad * (sx_hi - s * tx.inv_len[k]), k, pw, &dx1, &dx2);
             d_ylo += grad * (sy_lo + s * ty.inv_len[l]);
             d_yhi += grad * (sy_hi - s * ty.inv_len[l]);
           }
@@ -324,14 +281,11 @@ void backward_rois_kernel(
 
 }  // namespace
 
-at::Tensor prroi_pool_forward_cpu(
-    const at::Tensor& input,
-    const at::Tensor& rois,
-    double spatial_scale,
-    int64_t pooled_height,
-    int64_t pooled_width) {
-  TORCH_CHECK(
-      input.device().is_cpu() && rois.device().is_cpu(), "prroi_pool: expected CPU tensors");
+at::Tensor prroi_pool_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
+                                  double spatial_scale, int64_t pooled_height,
+                                  int64_t pooled_width) {
+  TORCH_CHECK(input.device().is_cpu() && rois.device().is_cpu(),
+              "prroi_pool: expected CPU tensors");
   prroi_pool::check_input_and_rois(input, rois);
   prroi_pool::check_output_size(pooled_height, pooled_width);
   const auto x = input.contiguous();
@@ -341,29 +295,18 @@ at::Tensor prroi_pool_forward_cpu(
     return output;
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "prroi_pool_forward_cpu", [&] {
-    forward_kernel<scalar_t>(
-        x.data_ptr<scalar_t>(),
-        b.data_ptr<scalar_t>(),
-        static_cast<scalar_t>(spatial_scale),
-        b.size(0),
-        x.size(0),
-        x.size(1),
-        x.size(2),
-        x.size(3),
-        pooled_height,
-        pooled_width,
-        output.data_ptr<scalar_t>());
+    forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
+                             static_cast<scalar_t>(spatial_scale), b.size(0), x.size(0), x.size(1),
+                             x.size(2), x.size(3), pooled_height, pooled_width,
+                             output.data_ptr<scalar_t>());
   });
   return output;
 }
 
-at::Tensor prroi_pool_backward_input_cpu(
-    const at::Tensor& grad_output,
-    const at::Tensor& rois,
-    double spatial_scale,
-    at::IntArrayRef input_shape) {
-  TORCH_CHECK(
-      grad_output.device().is_cpu() && rois.device().is_cpu(), "prroi_pool: expected CPU tensors");
+at::Tensor prroi_pool_backward_input_cpu(const at::Tensor& grad_output, const at::Tensor& rois,
+                                         double spatial_scale, at::IntArrayRef input_shape) {
+  TORCH_CHECK(grad_output.device().is_cpu() && rois.device().is_cpu(),
+              "prroi_pool: expected CPU tensors");
   prroi_pool::check_grad_output(grad_output, rois, input_shape);
   const auto go = grad_output.contiguous();
   const auto b = rois.contiguous();
@@ -372,30 +315,18 @@ at::Tensor prroi_pool_backward_input_cpu(
     return grad_input;
   }
   AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "prroi_pool_backward_input_cpu", [&] {
-    backward_input_kernel<scalar_t>(
-        go.data_ptr<scalar_t>(),
-        b.data_ptr<scalar_t>(),
-        static_cast<scalar_t>(spatial_scale),
-        b.size(0),
-        input_shape[0],
-        input_shape[1],
-        input_shape[2],
-        input_shape[3],
-        go.size(2),
-        go.size(3),
-        grad_input.data_ptr<scalar_t>());
+    backward_input_kernel<scalar_t>(go.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
+                                    static_cast<scalar_t>(spatial_scale), b.size(0), input_shape[0],
+                                    input_shape[1], input_shape[2], input_shape[3], go.size(2),
+                                    go.size(3), grad_input.data_ptr<scalar_t>());
   });
   return grad_input;
 }
 
-at::Tensor prroi_pool_backward_rois_cpu(
-    const at::Tensor& grad_output,
-    const at::Tensor& input,
-    const at::Tensor& rois,
-    double spatial_scale) {
-  TORCH_CHECK(
-      grad_output.device().is_cpu() && input.device().is_cpu() && rois.device().is_cpu(),
-      "prroi_pool: expected CPU tensors");
+at::Tensor prroi_pool_backward_rois_cpu(const at::Tensor& grad_output, const at::Tensor& input,
+                                        const at::Tensor& rois, double spatial_scale) {
+  TORCH_CHECK(grad_output.device().is_cpu() && input.device().is_cpu() && rois.device().is_cpu(),
+              "prroi_pool: expected CPU tensors");
   prroi_pool::check_input_and_rois(input, rois);
   prroi_pool::check_grad_output(grad_output, rois, input.sizes());
   const auto go = grad_output.contiguous();
@@ -406,19 +337,10 @@ at::Tensor prroi_pool_backward_rois_cpu(
     return grad_rois;
   }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "prroi_pool_backward_rois_cpu", [&] {
-    backward_rois_kernel<scalar_t>(
-        go.data_ptr<scalar_t>(),
-        x.data_ptr<scalar_t>(),
-        b.data_ptr<scalar_t>(),
-        static_cast<scalar_t>(spatial_scale),
-        b.size(0),
-        x.size(0),
-        x.size(1),
-        x.size(2),
-        x.size(3),
-        go.size(2),
-        go.size(3),
-        grad_rois.data_ptr<scalar_t>());
+    backward_rois_kernel<scalar_t>(go.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                   b.data_ptr<scalar_t>(), static_cast<scalar_t>(spatial_scale),
+                                   b.size(0), x.size(0), x.size(1), x.size(2), x.size(3),
+                                   go.size(2), go.size(3), grad_rois.data_ptr<scalar_t>());
   });
   return grad_rois;
 }

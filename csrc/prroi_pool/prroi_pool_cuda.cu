@@ -4,12 +4,12 @@
 // forward and the feature gradient (scattered with atomicAdd); one block per RoI for the box
 // gradient, reduced over channels and bins in shared memory (no atomics, deterministic).
 #include <ATen/ATen.h>
-#include <ATen/cuda/Atomic.cuh>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <ATen/cuda/Atomic.cuh>
 #include <algorithm>
 
 #include "prroi_pool/prroi_pool.h"
@@ -30,18 +30,11 @@ inline int num_blocks(int64_t n) {
 }
 
 template <typename T>
-__global__ void forward_kernel(
-    const int64_t n,
-    const T* __restrict__ input,
-    const T* __restrict__ rois,
-    const T spatial_scale,
-    const int num_images,
-    const int channels,
-    const int height,
-    const int width,
-    const int ph,
-    const int pw,
-    T* __restrict__ output) {
+__global__ void forward_kernel(const int64_t n, const T* __restrict__ input,
+                               const T* __restrict__ rois, const T spatial_scale,
+                               const int num_images, const int channels, const int height,
+                               const int width, const int ph, const int pw,
+                               T* __restrict__ output) {
   for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < n;
        index += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const int k = index % pw;
@@ -70,18 +63,11 @@ __global__ void forward_kernel(
 }
 
 template <typename T>
-__global__ void backward_input_kernel(
-    const int64_t n,
-    const T* __restrict__ grad_output,
-    const T* __restrict__ rois,
-    const T spatial_scale,
-    const int num_images,
-    const int channels,
-    const int height,
-    const int width,
-    const int ph,
-    const int pw,
-    T* __restrict__ grad_input) {
+__global__ void backward_input_kernel(const int64_t n, const T* __restrict__ grad_output,
+                                      const T* __restrict__ rois, const T spatial_scale,
+                                      const int num_images, const int channels, const int height,
+                                      const int width, const int ph, const int pw,
+                                      T* __restrict__ grad_input) {
   for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < n;
        index += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const int k = index % pw;
@@ -109,18 +95,11 @@ __global__ void backward_input_kernel(
 // One block per RoI; its threads share the (channel, bin) pairs and reduce the four edge
 // gradients (x1, y1, x2, y2) in shared memory.
 template <typename T>
-__global__ void backward_rois_kernel(
-    const T* __restrict__ grad_output,
-    const T* __restrict__ input,
-    const T* __restrict__ rois,
-    const T spatial_scale,
-    const int num_images,
-    const int channels,
-    const int height,
-    const int width,
-    const int ph,
-    const int pw,
-    T* __restrict__ grad_rois) {
+__global__ void backward_rois_kernel(const T* __restrict__ grad_output, const T* __restrict__ input,
+                                     const T* __restrict__ rois, const T spatial_scale,
+                                     const int num_images, const int channels, const int height,
+                                     const int width, const int ph, const int pw,
+                                     T* __restrict__ grad_rois) {
   __shared__ T partial[4][kThreads];
   const int64_t r = blockIdx.x;
   const RoIGeometry<T> g = prroi_pool::make_roi(rois + r * 5, spatial_scale, num_images);
@@ -155,20 +134,10 @@ __global__ void backward_rois_kernel(
         sy_lo += ay.dweight_dlo(j) * r0;
         sy_hi += ay.dweight_dhi(j) * r0;
       }
-      prroi_pool::add_bin_edge_grad(
-          grad * (sx_lo + s * ax.inv_len),
-          grad * (sx_hi - s * ax.inv_len),
-          k,
-          pw,
-          &dx1,
-          &dx2);
-      prroi_pool::add_bin_edge_grad(
-          grad * (sy_lo + s * ay.inv_len),
-          grad * (sy_hi - s * ay.inv_len),
-          l,
-          ph,
-          &dy1,
-          &dy2);
+      prroi_pool::add_bin_edge_grad(grad * (sx_lo + s * ax.inv_len),
+                                    grad * (sx_hi - s * ax.inv_len), k, pw, &dx1, &dx2);
+      prroi_pool::add_bin_edge_grad(grad * (sy_lo + s * ay.inv_len),
+                                    grad * (sy_hi - s * ay.inv_len), l, ph, &dy1, &dy2);
     }
   }
   partial[0][threadIdx.x] = dx1;
@@ -201,12 +170,9 @@ void check_cuda_inputs(const at::Tensor& input, const at::Tensor& rois, const ch
 
 }  // namespace
 
-at::Tensor prroi_pool_forward_cuda(
-    const at::Tensor& input,
-    const at::Tensor& rois,
-    double spatial_scale,
-    int64_t pooled_height,
-    int64_t pooled_width) {
+at::Tensor prroi_pool_forward_cuda(const at::Tensor& input, const at::Tensor& rois,
+                                   double spatial_scale, int64_t pooled_height,
+                                   int64_t pooled_width) {
   check_cuda_inputs(input, rois, "prroi_pool_forward_cuda");
   prroi_pool::check_output_size(pooled_height, pooled_width);
   at::cuda::CUDAGuard device_guard(input.device());
@@ -220,30 +186,19 @@ at::Tensor prroi_pool_forward_cuda(
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "prroi_pool_forward_cuda", [&] {
     forward_kernel<scalar_t><<<num_blocks(n), kThreads, 0, stream>>>(
-        n,
-        x.data_ptr<scalar_t>(),
-        b.data_ptr<scalar_t>(),
-        static_cast<scalar_t>(spatial_scale),
-        x.size(0),
-        x.size(1),
-        x.size(2),
-        x.size(3),
-        pooled_height,
-        pooled_width,
+        n, x.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), static_cast<scalar_t>(spatial_scale),
+        x.size(0), x.size(1), x.size(2), x.size(3), pooled_height, pooled_width,
         output.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return output;
 }
 
-at::Tensor prroi_pool_backward_input_cuda(
-    const at::Tensor& grad_output,
-    const at::Tensor& rois,
-    double spatial_scale,
-    at::IntArrayRef input_shape) {
+at::Tensor prroi_pool_backward_input_cuda(const at::Tensor& grad_output, const at::Tensor& rois,
+                                          double spatial_scale, at::IntArrayRef input_shape) {
   TORCH_CHECK(grad_output.is_cuda() && rois.is_cuda(), "prroi_pool: expected CUDA tensors");
-  at::checkAllSameGPU(
-      "prroi_pool_backward_input_cuda", {{grad_output, "grad_output", 1}, {rois, "rois", 2}});
+  at::checkAllSameGPU("prroi_pool_backward_input_cuda",
+                      {{grad_output, "grad_output", 1}, {rois, "rois", 2}});
   prroi_pool::check_grad_output(grad_output, rois, input_shape);
   at::cuda::CUDAGuard device_guard(grad_output.device());
   const auto go = grad_output.contiguous();
@@ -256,30 +211,19 @@ at::Tensor prroi_pool_backward_input_cuda(
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "prroi_pool_backward_input_cuda", [&] {
     backward_input_kernel<scalar_t><<<num_blocks(n), kThreads, 0, stream>>>(
-        n,
-        go.data_ptr<scalar_t>(),
-        b.data_ptr<scalar_t>(),
-        static_cast<scalar_t>(spatial_scale),
-        input_shape[0],
-        input_shape[1],
-        input_shape[2],
-        input_shape[3],
-        go.size(2),
-        go.size(3),
+        n, go.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), static_cast<scalar_t>(spatial_scale),
+        input_shape[0], input_shape[1], input_shape[2], input_shape[3], go.size(2), go.size(3),
         grad_input.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_input;
 }
 
-at::Tensor prroi_pool_backward_rois_cuda(
-    const at::Tensor& grad_output,
-    const at::Tensor& input,
-    const at::Tensor& rois,
-    double spatial_scale) {
+at::Tensor prroi_pool_backward_rois_cuda(const at::Tensor& grad_output, const at::Tensor& input,
+                                         const at::Tensor& rois, double spatial_scale) {
   check_cuda_inputs(input, rois, "prroi_pool_backward_rois_cuda");
-  at::checkAllSameGPU(
-      "prroi_pool_backward_rois_cuda", {{grad_output, "grad_output", 1}, {input, "input", 2}});
+  at::checkAllSameGPU("prroi_pool_backward_rois_cuda",
+                      {{grad_output, "grad_output", 1}, {input, "input", 2}});
   prroi_pool::check_grad_output(grad_output, rois, input.sizes());
   at::cuda::CUDAGuard device_guard(input.device());
   const auto go = grad_output.contiguous();
@@ -292,17 +236,9 @@ at::Tensor prroi_pool_backward_rois_cuda(
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "prroi_pool_backward_rois_cuda", [&] {
     backward_rois_kernel<scalar_t><<<b.size(0), kThreads, 0, stream>>>(
-        go.data_ptr<scalar_t>(),
-        x.data_ptr<scalar_t>(),
-        b.data_ptr<scalar_t>(),
-        static_cast<scalar_t>(spatial_scale),
-        x.size(0),
-        x.size(1),
-        x.size(2),
-        x.size(3),
-        go.size(2),
-        go.size(3),
-        grad_rois.data_ptr<scalar_t>());
+        go.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
+        static_cast<scalar_t>(spatial_scale), x.size(0), x.size(1), x.size(2), x.size(3),
+        go.size(2), go.size(3), grad_rois.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_rois;

@@ -92,13 +92,9 @@ struct BinAxis {
     return s * inv_len;
   }
   // d Kx(i) / d lo / (hi - lo) = -hat(lo - i) / (hi - lo).
-  PRROI_HOST_DEVICE inline T dweight_dlo(int i) const {
-    return -hat(lo - T(i)) * inv_len;
-  }
+  PRROI_HOST_DEVICE inline T dweight_dlo(int i) const { return -hat(lo - T(i)) * inv_len; }
   // d Kx(i) / d hi / (hi - lo) = hat(hi - i) / (hi - lo).
-  PRROI_HOST_DEVICE inline T dweight_dhi(int i) const {
-    return hat(hi - T(i)) * inv_len;
-  }
+  PRROI_HOST_DEVICE inline T dweight_dhi(int i) const { return hat(hi - T(i)) * inv_len; }
 };
 
 // Bin `k` of `bins` equal bins splitting [start, start + length] on an axis of `size` pixels.
@@ -154,7 +150,7 @@ PRROI_HOST_DEVICE inline RoIGeometry<T> make_roi(const T* roi, T spatial_scale, 
   g.height = (roi[4] - roi[2]) * spatial_scale;
   // Comparisons are false for NaN; the two isfinite checks reject +-inf edges.
   g.valid = g.width > T(0) && g.height > T(0) && is_finite(g.x0) && is_finite(g.y0) &&
-      is_finite(g.x0 + g.width) && is_finite(g.y0 + g.height) && batch_ok;
+            is_finite(g.x0 + g.width) && is_finite(g.y0 + g.height) && batch_ok;
   return g;
 }
 
@@ -165,13 +161,8 @@ PRROI_HOST_DEVICE inline RoIGeometry<T> make_roi(const T* roi, T spatial_scale, 
 // (1 - k / bins, k / bins) * d_lo + (1 - (k+1) / bins, (k+1) / bins) * d_hi is added to the
 // box's (d_start, d_end).
 template <typename T>
-PRROI_HOST_DEVICE inline void add_bin_edge_grad(
-    T d_lo,
-    T d_hi,
-    int k,
-    int bins,
-    T* d_start,
-    T* d_end) {
+PRROI_HOST_DEVICE inline void add_bin_edge_grad(T d_lo, T d_hi, int k, int bins, T* d_start,
+                                                T* d_end) {
   const T a = T(k) / T(bins);
   const T b = T(k + 1) / T(bins);
   *d_start += d_lo * (T(1) - a) + d_hi * (T(1) - b);
