@@ -1,4 +1,5 @@
-"""Config keys of IoU-Net (Jiang et al., ECCV 2018), under `MODEL.IOU_NET`.
+"""Config keys of IoU-Net (Jiang et al., ECCV 2018), under `MODEL.IOU_NET`; the IoU head's
+under the shared `MODEL.ROI_IOU_HEAD` (d2align.modeling.FCIoUHead), set to the paper's values.
 
 Paper symbols in the comments; defaults are the paper's (§3.1, §3.4) where it gives a value.
 """
@@ -16,20 +17,25 @@ def add_iou_net_config(cfg: CN) -> None:
         return
     _C = cfg.MODEL.IOU_NET = CN()
 
-    # ---- IoU predictor (§3.1, §3.4): PrRoI-pooled FPN features -> 2 FC -> one IoU per class
+    # ---- IoU predictor (§3.1, §3.4): PrRoI-pooled FPN features -> 2 FC -> one IoU per class;
+    # the head is the shared MODEL.ROI_IOU_HEAD node
+    head = cfg.MODEL.ROI_IOU_HEAD
+    head.NAME = "FCIoUHead"
+    head.FC_DIMS = [1024, 1024]  # the "two-layer feedforward network"
+    # "zero-mean Gaussian with standard deviation 0.01 or 0.001": hidden FCs / output layer
+    head.FC_INIT_STD = 0.01
+    head.PRED_INIT_STD = 0.001
+    head.CLS_AGNOSTIC = False  # "class-aware IoU predictors"
     _C.IN_FEATURES = ["p2", "p3", "p4", "p5"]
     # PrRoIPool is what makes the predicted IoU differentiable w.r.t. the box (§3.3); any
     # detectron2 ROIPooler type is accepted for ablations, but not with REFINE.ENABLED
     _C.POOLER_TYPE = "PrRoIPool"
     _C.POOLER_RESOLUTION = 7
     _C.POOLER_SAMPLING_RATIO = 0
-    _C.FC_DIMS = [1024, 1024]  # the "two-layer feedforward network"
-    # "zero-mean Gaussian with standard deviation 0.01 or 0.001": hidden FCs / output layer
-    _C.FC_INIT_STD = 0.01
-    _C.PRED_INIT_STD = 0.001
 
     # ---- training of the IoU predictor (§3.1, §3.4)
     _C.IOU_LOSS_WEIGHT = 1.0
+    _C.IOU_LOSS_TYPE = "smooth_l1"  # paper: smooth-L1; "l1" / "l2" for ablations
     _C.IOU_LOSS_BETA = 1.0  # smooth-L1 transition point (paper: "smooth-L1", no value)
     _C.NUM_JITTER_SAMPLES = 128  # jittered GT boxes per image (paper: no value)
     _C.JITTER = CN()

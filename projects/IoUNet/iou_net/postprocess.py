@@ -28,6 +28,7 @@ from detectron2.config import configurable
 from detectron2.structures import Boxes, Instances
 from torchvision.ops import batched_nms
 
+from d2align.config import check_choice, check_config
 from d2align.ops import batched_iou_guided_nms, batched_soft_nms
 from d2align.structures import refine_boxes
 
@@ -36,11 +37,6 @@ from .config import NMS_TYPES
 __all__ = ["IoUNetPostProcessor"]
 
 IoUFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _require(ok: bool, key: str, value, requirement: str) -> None:
-    if not ok:
-        raise ValueError(f"{key} = {value!r}: {requirement}")
 
 
 class _ChangedRowsIoU:
@@ -103,7 +99,7 @@ class IoUNetPostProcessor:
             refine_max_iters (int): T >= 1.
             refine_topk (int): detections refined, the most confident first; < 0 refines all.
         """
-        _require(nms_type in NMS_TYPES, "nms_type", nms_type, f"must be one of {NMS_TYPES}")
+        check_choice("nms_type", nms_type, NMS_TYPES)
         self.nms_type = nms_type
         self.nms_thresh = nms_thresh
         self.soft_nms_sigma = soft_nms_sigma
@@ -123,14 +119,14 @@ class IoUNetPostProcessor:
         c = cfg.MODEL.IOU_NET
         r = c.REFINE
         k = "MODEL.IOU_NET."
-        _require(c.NMS_TYPE in NMS_TYPES, k + "NMS_TYPE", c.NMS_TYPE, f"must be one of {NMS_TYPES}")
-        _require(0 <= c.NMS_THRESH <= 1, k + "NMS_THRESH", c.NMS_THRESH, "must be in [0, 1]")
-        _require(c.SOFT_NMS_SIGMA > 0, k + "SOFT_NMS_SIGMA", c.SOFT_NMS_SIGMA, "must be > 0")
-        _require(r.STEP_SIZE > 0, k + "REFINE.STEP_SIZE", r.STEP_SIZE, "must be > 0 (lambda)")
-        _require(r.OMEGA1 >= 0, k + "REFINE.OMEGA1", r.OMEGA1, "must be >= 0 (Omega_1)")
-        _require(r.OMEGA2 < 0, k + "REFINE.OMEGA2", r.OMEGA2, "must be < 0 (Omega_2)")
-        _require(r.MAX_ITERS >= 1, k + "REFINE.MAX_ITERS", r.MAX_ITERS, "must be >= 1 (T)")
-        _require(
+        check_choice(k + "NMS_TYPE", c.NMS_TYPE, NMS_TYPES)
+        check_config(0 <= c.NMS_THRESH <= 1, k + "NMS_THRESH", c.NMS_THRESH, "must be in [0, 1]")
+        check_config(c.SOFT_NMS_SIGMA > 0, k + "SOFT_NMS_SIGMA", c.SOFT_NMS_SIGMA, "must be > 0")
+        check_config(r.STEP_SIZE > 0, k + "REFINE.STEP_SIZE", r.STEP_SIZE, "must be > 0 (lambda)")
+        check_config(r.OMEGA1 >= 0, k + "REFINE.OMEGA1", r.OMEGA1, "must be >= 0 (Omega_1)")
+        check_config(r.OMEGA2 < 0, k + "REFINE.OMEGA2", r.OMEGA2, "must be < 0 (Omega_2)")
+        check_config(r.MAX_ITERS >= 1, k + "REFINE.MAX_ITERS", r.MAX_ITERS, "must be >= 1 (T)")
+        check_config(
             not r.ENABLED or c.POOLER_TYPE == "PrRoIPool",
             k + "POOLER_TYPE",
             c.POOLER_TYPE,

@@ -19,7 +19,7 @@ from detectron2.structures import ImageList, Instances
 
 from d2align.modeling import D2AlignStandardROIHeads, per_class_candidates
 
-from .iou_head import IoUBranch
+from .iou_branch import IoUBranch
 from .postprocess import IoUNetPostProcessor
 
 __all__ = ["IoUNetROIHeads"]

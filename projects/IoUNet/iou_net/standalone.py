@@ -21,7 +21,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, detector_pos
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
-from .iou_head import IoUBranch
+from .iou_branch import IoUBranch
 from .postprocess import IoUNetPostProcessor
 
 __all__ = ["StandaloneIoUNet", "DetectorWithIoUNet"]

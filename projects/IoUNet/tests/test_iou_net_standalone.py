@@ -97,7 +97,8 @@ def test_standalone_training_loss_on_normalised_uniform_targets(setup):
     # with a zero output layer the prediction is 0 for every box, so the loss is the mean of
     # smooth-L1(0, t) = t^2 / 2 over targets t uniform on [-1, 1]: 1/6
     root, data, *_ = setup
-    opts = SMALL + ["MODEL.IOU_NET.PRED_INIT_STD", "0.0", "MODEL.IOU_NET.NUM_JITTER_SAMPLES", "400"]
+    opts = SMALL + ["MODEL.ROI_IOU_HEAD.PRED_INIT_STD", "0.0"]
+    opts += ["MODEL.IOU_NET.NUM_JITTER_SAMPLES", "400"]
     hooks = [add_iou_net_config]
     cfg = tiny_training_config(
         STANDALONE, str(root), data, image_size=64, opts=opts, config_hooks=hooks

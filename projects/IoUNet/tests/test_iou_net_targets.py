@@ -1,17 +1,19 @@
-"""IoU-Net training samples and loss (§3.1, §3.4) on hand-made inputs."""
+"""IoU-Net training samples and loss (§3.1, §3.4) on hand-made inputs, through the shared
+d2align.modeling pieces IoU-Net uses."""
 import pytest
 import torch
 from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, Instances
 
-from d2align.ops import build_roi_pooler
-from d2align.projects.iou_net import FCIoUHead, IoUBranch
-from d2align.projects.iou_net.iou_targets import (
+from d2align.modeling import (
+    FCIoUHead,
     decode_iou,
     encode_iou,
     iou_prediction_loss,
     sample_iou_training_boxes,
 )
+from d2align.ops import build_roi_pooler
+from d2align.projects.iou_net import IoUBranch
 from d2align.structures import aligned_iou
 
 JITTER = dict(

@@ -1,6 +1,8 @@
-"""Losses of dense detectors: focal loss on detectron2-style anchor labels, balanced L1 loss.
+"""Losses shared by the projects: focal loss on detectron2-style anchor labels, balanced L1
+loss (dense detectors), and the loss of a localization-quality (IoU) head.
 
-Shapes: R anchors (or any number of samples), K foreground classes.
+Shapes: R anchors (or any number of samples, e.g. boxes scored by an IoU head), K foreground
+classes.
 Anchor labels follow detectron2's RetinaNet: (R,) int in {-1, 0, ..., K}, -1 = ignored,
 K = background.
 """
@@ -8,10 +10,14 @@ import math
 
 import torch
 import torch.nn.functional as F
-from fvcore.nn import sigmoid_focal_loss_jit
+from fvcore.nn import sigmoid_focal_loss_jit, smooth_l1_loss
 from torch import Tensor
 
-__all__ = ["balanced_l1_loss", "focal_loss_on_labels"]
+from .iou_targets import select_class_iou
+
+__all__ = ["balanced_l1_loss", "focal_loss_on_labels", "iou_prediction_loss", "IOU_LOSS_TYPES"]
+
+IOU_LOSS_TYPES = ("smooth_l1", "l1", "l2")
 
 
 def focal_loss_on_labels(
@@ -94,3 +100,48 @@ def balanced_l1_loss(
     if reduction == "sum":
         return loss.sum()
     raise ValueError(f"Unknown reduction '{reduction}'; expected 'none', 'mean' or 'sum'")
+
+
+def iou_prediction_loss(
+    pred: Tensor,
+    classes: Tensor,
+    targets: Tensor,
+    loss_type: str = "smooth_l1",
+    beta: float = 1.0,
+) -> Tensor:
+    """Loss of an IoU head's prediction for each box's class, averaged over the boxes.
+
+    With d = prediction - target per box: "smooth_l1" is 0.5 d^2 / beta if |d| < beta, else
+    |d| - 0.5 beta (fvcore's; beta = 0 gives L1), "l1" is |d|, "l2" is d^2. IoU-Net uses
+    smooth-L1 on targets normalised to [-1, 1]; CPM R-CNN's IoU Scoring Module uses l2
+    (its Table 5 compares the three).
+
+    Args:
+        pred (Tensor[R, K] or Tensor[R, 1]): IoU predicted for every class, or once per box
+            (class-agnostic head), in the units of `targets`.
+        classes (Tensor[R], int64): class of each box (its GT's), in [0, K).
+        targets (Tensor[R]): IoU targets (e.g. normalised by `encode_iou`).
+        loss_type (str): "smooth_l1", "l1" or "l2".
+        beta (float): smooth-L1 transition point, >= 0 (ignored by "l1" and "l2").
+
+    Returns:
+        Tensor[]: the mean loss; 0 (connected to `pred`) when R = 0.
+    """
+    if loss_type not in IOU_LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {IOU_LOSS_TYPES}, got {loss_type!r}")
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if targets.shape != classes.shape:
+        raise ValueError(
+            f"targets {tuple(targets.shape)} and classes {tuple(classes.shape)} must match"
+        )
+    if pred.shape[0] == 0:
+        return pred.sum() * 0.0
+    chosen = select_class_iou(pred, classes)
+    if loss_type == "smooth_l1":
+        loss = smooth_l1_loss(chosen, targets, beta, reduction="sum")
+    elif loss_type == "l1":
+        loss = (chosen - targets).abs().sum()
+    else:
+        loss = (chosen - targets).pow(2).sum()
+    return loss / pred.shape[0]

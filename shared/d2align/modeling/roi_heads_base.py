@@ -1,11 +1,14 @@
-"""`D2AlignStandardROIHeads`: detectron2's StandardROIHeads whose poolers may be PrRoIPool.
+"""`D2AlignStandardROIHeads`: detectron2's StandardROIHeads with the shared box pooler (which
+may be PrRoIPool) and a box predictor from `BOX_PREDICTOR_REGISTRY`.
 
-detectron2's `ROIPooler` accepts a fixed list of pooler types. The ROI heads of the d2align
-projects (IoU-Net, Offset Bin, CPM R-CNN) build their poolers through
-:func:`d2align.ops.build_roi_pooler`, so that `POOLER_TYPE: "PrRoIPool"` selects Precise RoI
-Pooling (differentiable w.r.t. the box coordinates) and any other type detectron2's own pooler.
-Subclass this class (and extend `from_config` / `_init_box_head`) rather than
-`StandardROIHeads` to get that for the box branch; use :meth:`build_pooler` for extra branches.
+detectron2's `ROIPooler` accepts a fixed list of pooler types, and its ROI heads hard-wire
+`FastRCNNOutputLayers`. The ROI heads of the d2align projects (IoU-Net, Offset Bin, CPM R-CNN)
+build their box pooler with :func:`d2align.modeling.build_roi_box_pooler`, so that
+`POOLER_TYPE: "PrRoIPool"` selects Precise RoI Pooling (differentiable w.r.t. the box
+coordinates) and any other type detectron2's own pooler, and their box predictor with
+:func:`d2align.modeling.build_box_predictor` (`MODEL.ROI_BOX_HEAD.PREDICTOR`). Subclass this
+class (and extend `from_config` / `_init_box_head`) rather than `StandardROIHeads`; extra RoI
+branches build their poolers with :func:`d2align.modeling.build_box_pooler`.
 
 It also splits detectron2's `fast_rcnn_inference_single_image` at the NMS:
 :func:`per_class_candidates` yields the per-class candidate boxes of one image, to which a
@@ -18,89 +21,38 @@ Shape legend:
 
 Boxes are XYXY in absolute pixels of the network input.
 """
-from typing import Dict, List, Tuple
+from typing import Tuple
 
 import torch
-from detectron2.layers import ShapeSpec
-from detectron2.modeling.roi_heads import (
-    ROI_HEADS_REGISTRY,
-    FastRCNNOutputLayers,
-    StandardROIHeads,
-    build_box_head,
-)
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads, build_box_head
 from detectron2.structures import Boxes
-from torch import nn
 
-from ..ops import build_roi_pooler
+from .box_predictor import build_box_predictor
+from .poolers import build_roi_box_pooler
 
 __all__ = ["D2AlignStandardROIHeads", "per_class_candidates"]
 
 
 @ROI_HEADS_REGISTRY.register()
 class D2AlignStandardROIHeads(StandardROIHeads):
-    """StandardROIHeads whose box pooler is built by `build_roi_pooler` (PrRoIPool allowed).
+    """StandardROIHeads whose box pooler comes from `build_roi_box_pooler` (PrRoIPool allowed)
+    and whose box predictor from `build_box_predictor`.
 
-    Same config keys as `StandardROIHeads`; `MODEL.ROI_BOX_HEAD.POOLER_TYPE` may also be
-    "PrRoIPool". With any other pooler type the model is exactly detectron2's.
+    Same config keys as `StandardROIHeads`, plus `MODEL.ROI_BOX_HEAD.PREDICTOR`;
+    `MODEL.ROI_BOX_HEAD.POOLER_TYPE` may also be "PrRoIPool". With the default predictor and any
+    other pooler type the model is exactly detectron2's.
     """
-
-    @staticmethod
-    def build_pooler(
-        input_shape: Dict[str, ShapeSpec],
-        in_features: List[str],
-        resolution: int,
-        sampling_ratio: int,
-        pooler_type: str,
-    ) -> Tuple[nn.Module, int]:
-        """A pooler over `in_features` and their (common) channel count.
-
-        Args:
-            input_shape (dict[str, ShapeSpec]): shapes of the backbone outputs.
-            in_features (list[str]): names of the feature maps pooled from, finest first.
-            resolution (int): output side of the pooled features.
-            sampling_ratio (int): as `ROIPooler`'s (ignored by PrRoIPool).
-            pooler_type (str): "PrRoIPool" or any `ROIPooler` type.
-
-        Returns:
-            (nn.Module, int): the pooler and the channel count of its output.
-        """
-        missing = [f for f in in_features if f not in input_shape]
-        if missing:
-            raise ValueError(
-                f"ROI heads: features {missing} are not among the backbone outputs "
-                f"{sorted(input_shape)}"
-            )
-        channels = {input_shape[f].channels for f in in_features}
-        if len(channels) != 1:
-            raise ValueError(f"ROI heads: features {in_features} differ in channels {channels}")
-        pooler = build_roi_pooler(
-            output_size=resolution,
-            scales=[1.0 / input_shape[f].stride for f in in_features],
-            sampling_ratio=sampling_ratio,
-            pooler_type=pooler_type,
-        )
-        return pooler, channels.pop()
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
-        # StandardROIHeads._init_box_head with the pooler built by `build_pooler`
-        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
-        resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
-        box_pooler, channels = cls.build_pooler(
-            input_shape,
-            in_features,
-            resolution,
-            cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
-            cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
-        )
-        box_head = build_box_head(
-            cfg, ShapeSpec(channels=channels, height=resolution, width=resolution)
-        )
+        # StandardROIHeads._init_box_head with the shared pooler and predictor builders
+        box_pooler, pooled_shape = build_roi_box_pooler(cfg, input_shape)
+        box_head = build_box_head(cfg, pooled_shape)
         return {
-            "box_in_features": in_features,
+            "box_in_features": list(cfg.MODEL.ROI_HEADS.IN_FEATURES),
             "box_pooler": box_pooler,
             "box_head": box_head,
-            "box_predictor": FastRCNNOutputLayers(cfg, box_head.output_shape),
+            "box_predictor": build_box_predictor(cfg, box_head.output_shape),
         }
 
 

@@ -1,0 +1,76 @@
+"""`D2AlignCascadeROIHeads`: detectron2's Cascade R-CNN heads with the shared box pooler (which
+may be PrRoIPool) and a per-stage box predictor from `BOX_PREDICTOR_REGISTRY`.
+
+Only the construction of the box branch differs from detectron2's `CascadeROIHeads`
+(`_init_box_head`); training, the stage-to-stage proposals and inference are detectron2's.
+Each stage has its own box head and its own predictor, built by
+:func:`d2align.modeling.build_box_predictor` with the stage's
+`Box2BoxTransform(MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS[k])`, and its own proposal
+matcher at `MODEL.ROI_BOX_CASCADE_HEAD.IOUS[k]`. With the default predictor and a detectron2
+pooler type the model is exactly detectron2's; with `POOLER_TYPE: "PrRoIPool"` the pooled
+features of every stage are differentiable w.r.t. the box coordinates.
+
+Boxes are XYXY in absolute pixels of the network input.
+"""
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.matcher import Matcher
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, build_box_head
+
+from ..config import check_config
+from .box_predictor import build_box_predictor
+from .poolers import build_roi_box_pooler
+
+__all__ = ["D2AlignCascadeROIHeads"]
+
+
+@ROI_HEADS_REGISTRY.register()
+class D2AlignCascadeROIHeads(CascadeROIHeads):
+    """CascadeROIHeads whose box pooler comes from `build_roi_box_pooler` (PrRoIPool allowed)
+    and whose stages' box predictors from `build_box_predictor`.
+
+    Same config keys as `CascadeROIHeads`, plus `MODEL.ROI_BOX_HEAD.PREDICTOR`.
+    """
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        # CascadeROIHeads._init_box_head with the shared pooler and predictor builders, and its
+        # assertions as config errors
+        reg_weights = cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS
+        ious = cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS
+        check_config(
+            len(reg_weights) == len(ious),
+            "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS",
+            reg_weights,
+            f"must hold one weight tuple per stage of MODEL.ROI_BOX_CASCADE_HEAD.IOUS {ious}",
+        )
+        check_config(
+            cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG,
+            "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG",
+            cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG,
+            "must be True: the cascade regresses class-agnostic boxes",
+        )
+        check_config(
+            ious[0] == cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0],
+            "MODEL.ROI_BOX_CASCADE_HEAD.IOUS",
+            ious,
+            "must start with MODEL.ROI_HEADS.IOU_THRESHOLDS[0] "
+            f"({cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0]}), the first stage's matcher",
+        )
+        box_pooler, pooled_shape = build_roi_box_pooler(cfg, input_shape)
+        box_heads, box_predictors, proposal_matchers = [], [], []
+        for match_iou, weights in zip(ious, reg_weights):
+            box_head = build_box_head(cfg, pooled_shape)
+            box_heads.append(box_head)
+            box_predictors.append(
+                build_box_predictor(
+                    cfg, box_head.output_shape, box2box_transform=Box2BoxTransform(weights=weights)
+                )
+            )
+            proposal_matchers.append(Matcher([match_iou], [0, 1], allow_low_quality_matches=False))
+        return {
+            "box_in_features": list(cfg.MODEL.ROI_HEADS.IN_FEATURES),
+            "box_pooler": box_pooler,
+            "box_heads": box_heads,
+            "box_predictors": box_predictors,
+            "proposal_matchers": proposal_matchers,
+        }
