@@ -98,6 +98,29 @@ def test_bad_values_fail_when_the_model_is_built():
         IoUNetPostProcessor(nms_type="soft")
 
 
+def test_bad_iou_branch_values_name_the_key():
+    with pytest.raises(ValueError, match=r"MODEL\.IOU_NET\.IN_FEATURES = \['p2', 'p7'\]"):
+        build_model(_cfg(opts=["MODEL.IOU_NET.IN_FEATURES", "['p2', 'p7']"]))
+    with pytest.raises(ValueError, match=r"MODEL\.IOU_NET\.IOU_LOSS_TYPE = 'huber'"):
+        build_model(_cfg(opts=["MODEL.IOU_NET.IOU_LOSS_TYPE", "huber"]))
+    with pytest.raises(ValueError, match=r"MODEL\.ROI_IOU_HEAD\.NAME = 'MaskIoUHead'"):
+        build_model(_cfg(opts=["MODEL.ROI_IOU_HEAD.NAME", "MaskIoUHead"]))
+
+
+def test_iou_head_keys_are_the_shared_node_with_the_papers_values():
+    cfg = _cfg(os.path.join(CONFIG_DIR, "iounet_R_50_FPN_160k.yaml"))
+    h = cfg.MODEL.ROI_IOU_HEAD
+    assert (h.NAME, h.FC_DIMS, h.FC_INIT_STD, h.PRED_INIT_STD, h.CLS_AGNOSTIC) == (
+        "FCIoUHead",
+        [1024, 1024],
+        0.01,
+        0.001,
+        False,
+    )
+    assert (cfg.MODEL.IOU_NET.IOU_LOSS_TYPE, cfg.MODEL.IOU_NET.IOU_LOSS_BETA) == ("smooth_l1", 1.0)
+    assert "FC_DIMS" not in cfg.MODEL.IOU_NET
+
+
 def test_roialign_iou_branch_without_refinement_predicts():
     opts = ["MODEL.IOU_NET.POOLER_TYPE", "ROIAlignV2", "MODEL.IOU_NET.REFINE.ENABLED", "False"]
     model = build_model(_cfg(opts=opts))
