@@ -1,5 +1,6 @@
 """The shared localization-quality (IoU) head: its registry and config, its training boxes from
 proposals, and the IoU-prediction loss of each type, on hand-worked values."""
+
 import pytest
 import torch
 from detectron2.config import configurable
@@ -140,7 +141,7 @@ def test_proposal_iou_training_boxes_hand_worked():
     regressed = torch.tensor(
         [[0.0, 0.0, 10.0, 15.0], [0.0, 0.0, 1.0, 1.0], [5.0, 5.0, 13.0, 13.0]], requires_grad=True
     )
-    (scored, _) = proposal_iou_training_boxes([first, empty], 3, [regressed, torch.zeros(1, 4)])
+    scored, _ = proposal_iou_training_boxes([first, empty], 3, [regressed, torch.zeros(1, 4)])
     assert scored.gt_ious.tolist() == pytest.approx([0.75, 0.64])
     assert not scored.proposal_boxes.tensor.requires_grad and not scored.gt_ious.requires_grad
     with pytest.raises(ValueError, match=r"must be \(3, 4\)"):

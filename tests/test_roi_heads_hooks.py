@@ -1,6 +1,7 @@
 """The ROI-head extension points of d2align.modeling on tiny CPU heads: the shared box pooler,
 the box predictor registry, and the Standard / Cascade heads built on them (exactly
 detectron2's with default keys; PrRoIPool gives the cascade stages a gradient w.r.t. boxes)."""
+
 import pytest
 import torch
 from detectron2.layers import ShapeSpec
@@ -28,9 +29,7 @@ from d2align.testing import ROOT
 CASCADE = f"{ROOT}/configs/shapes/cascade_rcnn_R18_FPN_scratch.yaml"
 FASTER = f"{ROOT}/configs/shapes/faster_rcnn_R18_FPN_scratch.yaml"
 CHANNELS = 8
-INPUT_SHAPE = {
-    f"p{level}": ShapeSpec(channels=CHANNELS, stride=2**level) for level in (2, 3, 4, 5)
-}
+INPUT_SHAPE = {f"p{level}": ShapeSpec(channels=CHANNELS, stride=2**level) for level in (2, 3, 4, 5)}
 TINY = [
     "MODEL.ROI_HEADS.NUM_CLASSES", "3",
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",

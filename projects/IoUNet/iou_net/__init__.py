@@ -5,6 +5,7 @@ Importing the package registers `IoUNetROIHeads` (ROI_HEADS_REGISTRY) and `Stand
 (META_ARCH_REGISTRY). The IoU head (`FCIoUHead`, ROI_IOU_HEAD_REGISTRY), its targets and loss
 are the shared ones of `d2align.modeling`.
 """
+
 from .config import add_iou_net_config
 from .iou_branch import IoUBranch
 from .postprocess import IoUNetPostProcessor

@@ -3,6 +3,7 @@ under the shared `MODEL.ROI_IOU_HEAD` (d2align.modeling.FCIoUHead), set to the p
 
 Paper symbols in the comments; defaults are the paper's (§3.1, §3.4) where it gives a value.
 """
+
 from detectron2.config import CfgNode as CN
 
 from d2align.config import add_d2align_config

@@ -13,6 +13,7 @@ Shape legend:
 
 Boxes are XYXY in absolute pixels of the network input.
 """
+
 from typing import Callable, Dict, List
 
 import torch
@@ -98,9 +99,7 @@ class IoUBranch(nn.Module):
         for key in ("SCALE_RANGE", "ASPECT_RANGE"):
             value = tuple(j[key])
             ok = len(value) == 2 and 0 < value[0] <= value[1]
-            check_config(
-                ok, f"{k}JITTER.{key}", value, "must be (low, high) with 0 < low <= high"
-            )
+            check_config(ok, f"{k}JITTER.{key}", value, "must be (low, high) with 0 < low <= high")
         pooler, channels = build_box_pooler(
             input_shape,
             list(c.IN_FEATURES),

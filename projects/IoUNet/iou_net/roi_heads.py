@@ -10,6 +10,7 @@ Shape legend:
 
 Boxes are XYXY in absolute pixels of the network input.
 """
+
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch

@@ -13,6 +13,7 @@ Shape legend:
 Boxes are XYXY in absolute pixels: the detector's output is in original-image pixels; the IoU
 predictor works at the resolution of the image it is given (the network input).
 """
+
 from typing import Dict, List
 
 import torch
@@ -77,8 +78,7 @@ class StandaloneIoUNet(nn.Module):
 
     def _features(self, batched_inputs: List[Dict]) -> Dict[str, torch.Tensor]:
         images = [
-            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std
-            for x in batched_inputs
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
         ]
         images = ImageList.from_tensors(images, self.backbone.size_divisibility)
         return self.backbone(images.tensor)

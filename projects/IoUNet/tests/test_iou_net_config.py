@@ -1,5 +1,6 @@
 """IoU-Net configs: every YAML merges, the CPU ones build, and bad values are refused with a
 message naming the key."""
+
 import glob
 import os
 

@@ -1,6 +1,7 @@
 """IoU-Net end to end: seeded regression values of the losses and detections of a tiny model
 on a fixed batch; on tiny embedded data, training lowers the losses, and on the trained model's
 real outputs IoU-guided NMS matches Algorithm 1 and refinement follows Algorithm 2."""
+
 import pytest
 import torch
 from detectron2.data import build_detection_test_loader

@@ -1,4 +1,5 @@
 """IoU-Net post-processing on hand-made candidates: the NMS types and refinement."""
+
 import pytest
 import torch
 
@@ -8,9 +9,7 @@ from d2align.structures import aligned_iou, refine_boxes
 
 GT = torch.tensor([20.0, 20.0, 60.0, 60.0])
 # A: tall duplicate with the higher class score, B: well placed, C: another object, class 1
-BOXES = torch.tensor(
-    [[20.0, 14.0, 60.0, 60.0], [21.0, 20.0, 60.0, 61.0], [70.0, 70.0, 90.0, 95.0]]
-)
+BOXES = torch.tensor([[20.0, 14.0, 60.0, 60.0], [21.0, 20.0, 60.0, 61.0], [70.0, 70.0, 90.0, 95.0]])
 SCORES = torch.tensor([0.9, 0.6, 0.8])
 CLASSES = torch.tensor([0, 0, 1])
 

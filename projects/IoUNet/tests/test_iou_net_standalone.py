@@ -1,4 +1,5 @@
 """Standalone IoU-Net as a post-processor of another detector (§4.1-4.2)."""
+
 import importlib.util
 import json
 import os
@@ -84,8 +85,11 @@ def test_evaluate_standalone_command(setup):
     results = module.main(
         ["--detector-config", DETECTOR, "--detector-weights", str(root / "detector.pth")]
         + ["--iounet-config", STANDALONE, "--iounet-weights", str(root / "iounet.pth")]
-        + ["--out", out, "--detector-opts"] + shrink + SMALL
-        + ["--iounet-opts"] + SMALL
+        + ["--out", out, "--detector-opts"]
+        + shrink
+        + SMALL
+        + ["--iounet-opts"]
+        + SMALL
     )
     with open(os.path.join(out, "final_results.json")) as f:
         written = json.load(f)

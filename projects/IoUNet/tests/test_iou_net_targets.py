@@ -1,5 +1,6 @@
 """IoU-Net training samples and loss (§3.1, §3.4) on hand-made inputs, through the shared
 d2align.modeling pieces IoU-Net uses."""
+
 import pytest
 import torch
 from detectron2.layers import ShapeSpec

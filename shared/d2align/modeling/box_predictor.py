@@ -33,6 +33,7 @@ A predictor that classifies discretized offsets (Offset Bin: 4 x n bin logits pe
 this interface and decodes its bins in `predict_boxes`; one with its own localization branch
 (CPM R-CNN's grid branch) does the same with its own `predictions`.
 """
+
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 from detectron2.utils.registry import Registry

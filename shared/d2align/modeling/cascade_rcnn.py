@@ -12,6 +12,7 @@ features of every stage are differentiable w.r.t. the box coordinates.
 
 Boxes are XYXY in absolute pixels of the network input.
 """
+
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, build_box_head

@@ -12,6 +12,7 @@ Shape legend:
     C, H, W: channels and size of the pooled features
     K: foreground classes (1 output per box for a class-agnostic head)
 """
+
 from typing import List
 
 import torch

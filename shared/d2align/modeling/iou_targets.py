@@ -18,6 +18,7 @@ Shape legend:
 
 Boxes are XYXY in absolute pixels of the network input.
 """
+
 from typing import Dict, List, Optional
 
 import torch

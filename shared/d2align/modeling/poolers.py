@@ -11,6 +11,7 @@ its output, refusing feature names the backbone does not have and maps of differ
 Shapes: the pooler maps N images' feature maps (N, C, H_l, W_l) and R boxes over the batch
 (XYXY, absolute input pixels) to (R, C, S, S), S = `resolution`.
 """
+
 from typing import Dict, List, Tuple
 
 from detectron2.layers import ShapeSpec
