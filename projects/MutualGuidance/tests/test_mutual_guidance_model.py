@@ -127,6 +127,61 @@ def test_loss_falls(assignment):
     assert final < 0.7 * initial, (initial, final)
 
 
+# (loss_cls, loss_box_reg) at the first step and after two SGD steps, recorded from the code of
+# commit 900a6d0 (MutualGuidanceRetinaNet with its own forward_training / losses), one thread.
+# Static and classify_to_localize share the classification labels (and so loss_cls at the first
+# step); static and localize_to_classify share the regression anchors.
+REGRESSION = {
+    "static": [(2.094947099685669, 0.3993772864341736), (2.061309576034546, 0.40573760867118835)],
+    "localize_to_classify": [
+        (2.103195905685425, 0.3993772864341736),
+        (2.101936101913452, 0.4066873788833618),
+    ],
+    "classify_to_localize": [
+        (2.094947099685669, 0.4001576900482178),
+        (2.0605127811431885, 0.40766432881355286),
+    ],
+    "mutual_guidance": [
+        (2.103195905685425, 0.4001576900482178),
+        (2.0848124027252197, 0.41825175285339355),
+    ],
+}
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_seeded_regression_values(assignment):
+    """Losses of a seeded tiny model on one fixed batch equal recorded values: a change to the
+    assignment, the losses or their normalisation breaks this. The head's output layers get
+    seeded random weights so that the scores and regressed boxes vary over anchors (at the
+    prior initialisation every guided rule equals the static one); lower IoU thresholds and
+    three aspect ratios give each ground truth several positives to re-rank."""
+    torch.manual_seed(0)
+    opts = [
+        "MODEL.RETINANET.IOU_THRESHOLDS", "[0.3, 0.4]",
+        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[0.5, 1.0, 2.0]]",
+    ]  # fmt: skip
+    model = build_model(_tiny_cfg(assignment, opts))
+    model.train()
+    with torch.no_grad():
+        model.head.cls_score.weight.normal_(0.0, 0.1)
+        model.head.cls_score.bias.normal_(-2.0, 1.0)
+        model.head.bbox_pred.weight.normal_(0.0, 0.05)
+        model.head.bbox_pred.bias.normal_(0.0, 0.2)
+    batch = _fixed_batch()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    measured = []
+    with EventStorage():
+        for step in range(3):
+            losses = model(batch)
+            if step in (0, 2):
+                measured.append((losses["loss_cls"].item(), losses["loss_box_reg"].item()))
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+    for got, want in zip(measured, REGRESSION[assignment]):
+        assert got == pytest.approx(want, rel=1e-4), (assignment, measured)
+
+
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_losses_finite_on_edge_cases(assignment):
     """Zero-GT image, a GT smaller than every anchor, two GTs competing for one anchor."""
