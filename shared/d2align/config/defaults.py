@@ -36,3 +36,28 @@ def add_d2align_config(cfg: CN) -> None:
     cfg.MODEL.ROI_IOU_HEAD.FC_INIT_STD = 0.01  # std of the hidden layers' weights
     cfg.MODEL.ROI_IOU_HEAD.PRED_INIT_STD = 0.001  # std of the output layer's weights
     cfg.MODEL.ROI_IOU_HEAD.CLS_AGNOSTIC = False  # one IoU per box instead of one per class
+    # D2AlignRetinaNet (d2align.modeling.retinanet): detectron2's RetinaNet with overridable
+    # assignment, losses and NMS, beside MODEL.RETINANET (whose keys it keeps). With these
+    # defaults it is exactly detectron2's RetinaNet.
+    cfg.MODEL.D2ALIGN_RETINANET = CN()
+    _R = cfg.MODEL.D2ALIGN_RETINANET
+    # Box regression loss: "" = MODEL.RETINANET.BBOX_REG_LOSS_TYPE; else one of detectron2's
+    # "smooth_l1", "giou", "diou", "ciou", or "balanced_l1" (Libra R-CNN, on the box deltas).
+    _R.BBOX_REG_LOSS_TYPE = ""
+    # Balanced L1 alpha, gamma, beta (each > 0). beta = 0.11 suits RetinaNet's unnormalised
+    # deltas (MODEL.RETINANET.BBOX_REG_WEIGHTS (1, 1, 1, 1)), as in Libra RetinaNet.
+    _R.BALANCED_L1 = CN()
+    _R.BALANCED_L1.ALPHA = 0.5
+    _R.BALANCED_L1.GAMMA = 1.5
+    _R.BALANCED_L1.BETA = 0.11
+    # Weights (>= 0) of the classification and box regression losses.
+    _R.CLS_LOSS_WEIGHT = 1.0
+    _R.BOX_REG_LOSS_WEIGHT = 1.0
+    # Per-class NMS at inference: "standard" (detectron2's), "soft_linear" / "soft_gaussian"
+    # (Soft-NMS), "cl_balanced" (DC Loss's CL-balanced NMS, eq. 6-7). The IoU threshold is
+    # MODEL.RETINANET.NMS_THRESH_TEST (N_t of linear Soft-NMS; CL-balanced's cluster threshold).
+    _R.NMS_TYPE = "standard"
+    _R.SOFT_NMS_SIGMA = 0.5  # sigma of Gaussian Soft-NMS, > 0
+    _R.SOFT_NMS_SCORE_THRESH = 0.001  # Soft-NMS drops boxes whose decayed score falls below
+    _R.CL_NMS_TEMPERATURE = 1.0  # temperature of eq. 6's softmax over the cluster's scores
+    _R.CL_NMS_DIS_SCALE = 1.0  # weight of eq. 7's centre term dis against the score p

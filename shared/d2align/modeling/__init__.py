@@ -1,5 +1,6 @@
 """d2align.modeling: modeling pieces shared by the projects (ROI heads with the shared box
-pooler and box predictor registry, IoU heads and their targets and loss, inference)."""
+pooler and box predictor registry, IoU heads and their targets and loss, inference) and the
+RetinaNet base with overridable assignment, losses and NMS."""
 from .box_predictor import BOX_PREDICTOR_REGISTRY, build_box_predictor
 from .cascade_rcnn import D2AlignCascadeROIHeads
 from .iou_head import ROI_IOU_HEAD_REGISTRY, FCIoUHead, build_iou_head
@@ -12,6 +13,8 @@ from .iou_targets import (
 )
 from .losses import IOU_LOSS_TYPES, iou_prediction_loss
 from .poolers import build_box_pooler, build_roi_box_pooler
+from .postprocessing import NMS_TYPES, per_class_nms
+from .retinanet import BBOX_REG_LOSS_TYPES, D2AlignRetinaNet, check_d2align_retinanet_config
 from .roi_heads_base import D2AlignStandardROIHeads, per_class_candidates
 
 __all__ = [
@@ -32,4 +35,9 @@ __all__ = [
     "proposal_iou_training_boxes",
     "IOU_LOSS_TYPES",
     "iou_prediction_loss",
+    "NMS_TYPES",
+    "per_class_nms",
+    "BBOX_REG_LOSS_TYPES",
+    "D2AlignRetinaNet",
+    "check_d2align_retinanet_config",
 ]

@@ -1,0 +1,86 @@
+"""Per-class NMS of a selectable type, for any detector's candidate boxes.
+
+`per_class_nms` runs one of the NMS variants of `d2align.ops` on the candidates of one image,
+so that a detector's post-processing can switch among them by a config key (the RetinaNet base
+`D2AlignRetinaNet` does, with `MODEL.D2ALIGN_RETINANET.NMS_TYPE`):
+
+    "standard": detectron2's `batched_nms` (torchvision's NMS per class);
+    "soft_linear" / "soft_gaussian": Soft-NMS (Bodla et al., ICCV 2017), `batched_soft_nms`;
+    "cl_balanced": Classification-Localization-balanced NMS (DC Loss paper, eq. 6-7),
+        `batched_cl_balanced_nms`.
+
+Shape legend:
+    M: candidates of one image; D: kept detections
+
+Boxes are XYXY in absolute pixels of the network input.
+"""
+from typing import Tuple
+
+import torch
+from detectron2.layers import batched_nms
+
+from ..ops import batched_cl_balanced_nms, batched_soft_nms
+
+__all__ = ["NMS_TYPES", "per_class_nms"]
+
+NMS_TYPES = ("standard", "soft_linear", "soft_gaussian", "cl_balanced")
+
+
+def per_class_nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    nms_type: str = "standard",
+    iou_threshold: float = 0.5,
+    *,
+    soft_nms_sigma: float = 0.5,
+    soft_nms_score_thresh: float = 0.001,
+    cl_nms_temperature: float = 1.0,
+    cl_nms_dis_scale: float = 1.0,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """NMS of type `nms_type`, each class independently.
+
+    Args:
+        boxes (Tensor[M, 4]): candidate boxes.
+        scores (Tensor[M]): their classification scores, the dtype of `boxes`.
+        classes (Tensor[M], int64): their classes.
+        nms_type (str): one of `NMS_TYPES`.
+        iou_threshold (float): the IoU above which boxes overlap: the NMS threshold (standard),
+            N_t (linear Soft-NMS; Gaussian Soft-NMS does not use it), the cluster threshold
+            (CL-balanced).
+        soft_nms_sigma (float): sigma of Gaussian Soft-NMS, > 0.
+        soft_nms_score_thresh (float): Soft-NMS drops boxes whose decayed score falls below it.
+        cl_nms_temperature (float): temperature of the softmax of eq. 6 (CL-balanced), > 0.
+        cl_nms_dis_scale (float): weight of the centre term of eq. 7 (CL-balanced), >= 0.
+
+    Returns:
+        keep (Tensor[D], int64): kept candidates, best first: by score (standard), by decayed
+            score (Soft-NMS), by selection score p + dis (CL-balanced).
+        scores (Tensor[D]): their scores as detections: `scores[keep]` (standard,
+            CL-balanced: the classification score, the selection score p + dis only ranks),
+            the decayed scores (Soft-NMS).
+    """
+    if nms_type == "standard":
+        keep = batched_nms(boxes, scores, classes, iou_threshold)
+        return keep, scores[keep]
+    if nms_type in ("soft_linear", "soft_gaussian"):
+        return batched_soft_nms(
+            boxes,
+            scores,
+            classes,
+            method=nms_type[len("soft_") :],
+            iou_threshold=iou_threshold,
+            sigma=soft_nms_sigma,
+            score_threshold=soft_nms_score_thresh,
+        )
+    if nms_type == "cl_balanced":
+        keep, _ = batched_cl_balanced_nms(
+            boxes,
+            scores,
+            classes,
+            iou_threshold=iou_threshold,
+            temperature=cl_nms_temperature,
+            dis_scale=cl_nms_dis_scale,
+        )
+        return keep, scores[keep]
+    raise ValueError(f"per_class_nms: nms_type must be one of {NMS_TYPES}, got {nms_type!r}")
