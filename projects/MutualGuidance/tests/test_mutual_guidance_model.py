@@ -73,6 +73,8 @@ def test_config_merges(config):
     assert cfg.MODEL.META_ARCHITECTURE == "MutualGuidanceRetinaNet"
     assert cfg.MODEL.MUTUAL_GUIDANCE.ASSIGNMENT in ASSIGNMENTS
     assert cfg.MODEL.MUTUAL_GUIDANCE.SIGMA == 2.0
+    # Sec. 4.1: every row trains with balanced L1 (the shared base's loss, set by the Base yamls)
+    assert cfg.MODEL.D2ALIGN_RETINANET.BBOX_REG_LOSS_TYPE == "balanced_l1"
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
@@ -87,7 +89,7 @@ def test_shapes_config_builds(assignment):
     [
         ("MODEL.MUTUAL_GUIDANCE.ASSIGNMENT", "dynamic", "MODEL.MUTUAL_GUIDANCE.ASSIGNMENT"),
         ("MODEL.MUTUAL_GUIDANCE.SIGMA", "1.0", "MODEL.MUTUAL_GUIDANCE.SIGMA"),
-        ("MODEL.MUTUAL_GUIDANCE.BALANCED_L1.BETA", "0.0", "BALANCED_L1.BETA"),
+        ("MODEL.D2ALIGN_RETINANET.BALANCED_L1.BETA", "0.0", "BALANCED_L1.BETA"),
         ("MODEL.RETINANET.IOU_THRESHOLDS", "[0.5, 0.4]", "MODEL.RETINANET.IOU_THRESHOLDS"),
     ],
 )
