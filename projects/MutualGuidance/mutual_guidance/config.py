@@ -1,4 +1,5 @@
 """Config keys of Mutual Guidance, under `MODEL.MUTUAL_GUIDANCE`."""
+
 from detectron2.config import CfgNode as CN
 
 from d2align.config import add_d2align_config, check_choice, check_config

@@ -10,6 +10,7 @@ classification positives. Inference is the base's (detectron2's RetinaNet with t
 
 Shapes: N images, R anchors per image (all levels), K classes, Hi x Wi x Ai anchors per level.
 """
+
 from typing import List, Tuple
 
 import torch

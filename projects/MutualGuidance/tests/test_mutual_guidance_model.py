@@ -1,4 +1,5 @@
 """Tests of MutualGuidanceRetinaNet: configs, training losses, inference, end-to-end training."""
+
 import glob
 import os
 

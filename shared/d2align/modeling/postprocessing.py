@@ -14,6 +14,7 @@ Shape legend:
 
 Boxes are XYXY in absolute pixels of the network input.
 """
+
 from typing import Tuple
 
 import torch

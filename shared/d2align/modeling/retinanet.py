@@ -36,6 +36,7 @@ Shape legend:
 
 Boxes are XYXY in absolute pixels of the network input.
 """
+
 from typing import List, Optional, Tuple
 
 import torch
@@ -172,9 +173,7 @@ class D2AlignRetinaNet(RetinaNet):
         gt_labels, gt_boxes, reg_masks = self.assign_anchors(
             anchors, gt_instances, pred_logits, pred_anchor_deltas
         )
-        return self.losses(
-            anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, reg_masks
-        )
+        return self.losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, reg_masks)
 
     @torch.no_grad()
     def assign_anchors(
