@@ -4,6 +4,7 @@ detectron2's with default keys; PrRoIPool gives the cascade stages a gradient w.
 
 import pytest
 import torch
+from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads import (
@@ -212,6 +213,12 @@ def test_build_box_predictor_passes_kwargs_and_refuses_unknown_names():
     cfg.MODEL.ROI_BOX_HEAD.PREDICTOR = "OffsetBinPredictor"
     with pytest.raises(ValueError, match=r"MODEL\.ROI_BOX_HEAD\.PREDICTOR = 'OffsetBinPredictor'"):
         build_roi_heads(cfg, INPUT_SHAPE)
+    # detectron2's own config lacks the key: the error says where it comes from
+    plain = get_cfg()
+    plain.merge_from_file(f"{ROOT}/configs/Base-RCNN-FPN.yaml")
+    plain.MODEL.ROI_HEADS.NAME = "D2AlignStandardROIHeads"
+    with pytest.raises(ValueError, match=r"PREDICTOR = None: .*add_d2align_config"):
+        build_roi_heads(plain, INPUT_SHAPE)
 
 
 def test_cascade_config_errors_name_the_key():

@@ -63,12 +63,13 @@ def build_box_predictor(cfg, input_shape: ShapeSpec, **kwargs) -> nn.Module:
     Raises:
         ValueError: the name is not registered (the message names the key and the choices).
     """
-    name = cfg.MODEL.ROI_BOX_HEAD.PREDICTOR
+    name = cfg.MODEL.ROI_BOX_HEAD.get("PREDICTOR")  # None: a config without d2align's keys
     names = sorted(n for n, _ in BOX_PREDICTOR_REGISTRY)
     check_config(
         name in BOX_PREDICTOR_REGISTRY,
         "MODEL.ROI_BOX_HEAD.PREDICTOR",
         name,
-        f"must name a box predictor registered in BOX_PREDICTOR_REGISTRY, one of {names}",
+        f"must name a box predictor registered in BOX_PREDICTOR_REGISTRY, one of {names} "
+        "(the key is added by d2align.config.add_d2align_config)",
     )
     return BOX_PREDICTOR_REGISTRY.get(name)(cfg, input_shape, **kwargs)

@@ -108,12 +108,13 @@ def build_iou_head(cfg, input_shape: ShapeSpec) -> nn.Module:
     Raises:
         ValueError: the name is not registered (the message names the key and the choices).
     """
-    name = cfg.MODEL.ROI_IOU_HEAD.NAME
+    name = cfg.MODEL.get("ROI_IOU_HEAD", {}).get("NAME")  # None: a config without d2align's keys
     names = sorted(n for n, _ in ROI_IOU_HEAD_REGISTRY)
     check_config(
         name in ROI_IOU_HEAD_REGISTRY,
         "MODEL.ROI_IOU_HEAD.NAME",
         name,
-        f"must name a head registered in ROI_IOU_HEAD_REGISTRY, one of {names}",
+        f"must name a head registered in ROI_IOU_HEAD_REGISTRY, one of {names} "
+        "(the key is added by d2align.config.add_d2align_config)",
     )
     return ROI_IOU_HEAD_REGISTRY.get(name)(cfg, input_shape)
