@@ -1,4 +1,5 @@
 """Detector-agnostic diagnostics (misalignment of classification and localization)."""
+from .dataset import MisalignmentAccumulator, coco_results_misalignment
 from .misalignment import (
     IOU_BIN_EDGES,
     localization_correlation,
@@ -10,6 +11,8 @@ from .misalignment import (
 
 __all__ = [
     "IOU_BIN_EDGES",
+    "MisalignmentAccumulator",
+    "coco_results_misalignment",
     "localization_correlation",
     "match_detections_to_gt",
     "plot_positives_by_iou",

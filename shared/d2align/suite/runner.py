@@ -1,0 +1,351 @@
+"""Runs the processes of a suite: `jobs` at a time, surviving failures, leaving no orphans.
+
+* A run whose `final_results.json` exists is reused (unless `retrain`); a run stopped half way
+  (a `last_checkpoint` in its OUTPUT_DIR) continues with `--resume`.
+* A run that fails is reported (`Outcome` with its exit code and the tail of its log) and the
+  other runs go on; a run that evaluates a failed run's model is skipped.
+* Every training runs in its own process group (and, on Linux, gets SIGTERM if the suite
+  dies); on Ctrl-C, SIGTERM, SIGHUP or an exception in the suite, every group is terminated
+  (SIGTERM, then SIGKILL after a grace period) before the exception propagates.
+* Each run's folder is locked while it trains, so that another suite needing the same run
+  waits for it and then reuses its results instead of training it a second time.
+"""
+
+import contextlib
+import ctypes
+import dataclasses
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from .lock import DirLock
+from .progress import format_seconds, overall_eta, read_progress
+from .runs import STAMP_FILE, Run
+
+__all__ = ["Outcome", "SuiteStopped", "execute", "finished", "preflight"]
+
+SUMMARY_FILE = "suite_summary.json"
+RUN_LOCK = "suite_run.lock"
+TAIL_LINES = 20
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What became of one run.
+
+    Attributes:
+        status: "reused" (results were there), "done", "failed" or "skipped".
+        returncode: the process's exit status (None when it did not run).
+        log_tail: the last lines of its log (failed runs).
+        seconds: wall time of the process.
+        resumed_from: the checkpoint it resumed from, if any.
+        reason: why it failed or was skipped.
+    """
+
+    status: str
+    returncode: Optional[int] = None
+    log_tail: str = ""
+    seconds: Optional[float] = None
+    resumed_from: Optional[str] = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("reused", "done")
+
+
+class SuiteStopped(Exception):
+    """The suite received a termination signal (its trainings have been terminated)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def finished(run: Run) -> bool:
+    return run.results_file.is_file()
+
+
+def preflight(runs: Sequence[Run], root: Path, retrain: bool) -> None:
+    """Refuse to start when a run's folder holds another run's files (unless `retrain`)."""
+    problems = [p for p in (r.foreign_files(root) for r in runs) if p]
+    if problems and not retrain:
+        raise ValueError(
+            "a run's OUTPUT_DIR holds another run; give it its own OUTPUT_DIR, or pass "
+            "--retrain to overwrite:\n  " + "\n  ".join(problems)
+        )
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child, before exec
+    """Linux: deliver SIGTERM to this (child) process when the suite process dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Turn SIGTERM / SIGHUP into `SuiteStopped` (SIGINT is already KeyboardInterrupt)."""
+
+    def handler(signum, frame):
+        raise SuiteStopped(signum)
+
+    if sys.platform == "win32" or not _in_main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _tail(log: Path, lines: int = TAIL_LINES) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@dataclasses.dataclass
+class _Child:
+    run: Run
+    proc: subprocess.Popen
+    log: object
+    lock: DirLock
+    start: float
+    resumed_from: Optional[str]
+
+
+def _terminate(children: List[_Child], grace_s: float) -> None:
+    """SIGTERM every child's process group, SIGKILL what is left after `grace_s`, reap."""
+    for child in children:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.proc.pid, signal.SIGTERM)
+    deadline = time.time() + grace_s
+    for child in children:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.proc.wait(timeout=max(0.0, deadline - time.time()))
+    for child in children:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.proc.pid, signal.SIGKILL)  # the group: also the loader workers
+        child.proc.wait()
+        child.log.close()
+        child.lock.release()
+
+
+class _Scheduler:
+    """The state of one `execute` call."""
+
+    def __init__(self, runs, jobs, root, python, retrain, echo):
+        self.jobs, self.root, self.python, self.retrain, self.echo = (
+            jobs,
+            root,
+            python,
+            retrain,
+            echo,
+        )
+        threads = str(max(1, (os.cpu_count() or 1) // jobs))
+        self.env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        self.outcomes: Dict[str, Outcome] = {}
+        self.pending: List[Run] = []
+        self.running: List[_Child] = []
+        self.waiting: Dict[str, str] = {}  # run name -> why it waits
+        self.s_per_iter: Dict[str, float] = {}
+        self.start = time.time()
+        for run in runs:
+            if finished(run) and not retrain:
+                self.outcomes[run.name] = Outcome("reused")
+            else:
+                self.pending.append(run)
+
+    def _ready(self, run: Run) -> bool:
+        """Whether `run` may start now (records why not in `waiting`, or skips it)."""
+        if run.weights_from is None:
+            return True
+        source = self.outcomes.get(run.weights_from)
+        if source is None:
+            self.waiting[run.name] = f"waiting for {run.weights_from}"
+            return False
+        if not source.ok:
+            self.outcomes[run.name] = Outcome(
+                "skipped",
+                reason=f"evaluates the model of {run.weights_from}, which {source.status}",
+            )
+            self.echo(f"[suite] {run.name}: skipped ({self.outcomes[run.name].reason})")
+        return True
+
+    def launch_ready(self) -> None:
+        for run in list(self.pending):
+            if len(self.running) >= self.jobs:
+                return
+            if not self._ready(run):
+                continue
+            self.pending.remove(run)
+            if run.name in self.outcomes:  # skipped
+                continue
+            lock = DirLock(run.out_dir, RUN_LOCK, "suite run")
+            holder = lock.try_acquire()
+            if holder is not None:
+                self.waiting[run.name] = f"waiting for PID {holder.get('pid', '?')} (its folder)"
+                self.pending.append(run)
+                continue
+            self.waiting.pop(run.name, None)
+            if finished(run) and not self.retrain:  # another suite trained it meanwhile
+                lock.release()
+                self.outcomes[run.name] = Outcome("reused")
+                continue
+            self._launch(run, lock)
+
+    def _launch(self, run: Run, lock: DirLock) -> None:
+        checkpoint = run.out_dir / "last_checkpoint"
+        resume = not self.retrain and not run.eval_only and checkpoint.is_file()
+        resumed_from = checkpoint.read_text().strip() if resume else None
+        stale = [run.results_file, run.out_dir / SUMMARY_FILE]
+        for path in stale + ([checkpoint] if self.retrain else []):
+            path.unlink(missing_ok=True)
+        (run.out_dir / STAMP_FILE).write_text(json.dumps(run.stamp(self.root), indent=2))
+        cmd = run.command(self.python, self.root, resume=resume)
+        log = open(run.log_file, "a" if resume else "w")
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        linux = sys.platform.startswith("linux")
+        # no signal between the fork and the bookkeeping: the child is always terminated
+        blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=self.root,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if linux else None,
+            )
+            self.running.append(_Child(run, proc, log, lock, time.time(), resumed_from))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        what = (
+            f"resuming from {resumed_from}"
+            if resume
+            else "evaluating" if run.eval_only else "training"
+        )
+        self.echo(
+            f"[suite] {run.name}: {what} (pid {proc.pid}) -> {run.out_dir} (log: {run.log_file})"
+        )
+
+    def reap(self) -> None:
+        for child in list(self.running):
+            if child.proc.poll() is None:
+                continue
+            self.running.remove(child)
+            child.log.close()
+            child.lock.release()
+            run, code = child.run, child.proc.returncode
+            seconds = time.time() - child.start
+            if code == 0 and finished(run):
+                self.outcomes[run.name] = Outcome(
+                    "done", code, seconds=seconds, resumed_from=child.resumed_from
+                )
+                self.echo(f"[suite] {run.name}: done in {seconds:.0f} s")
+                continue
+            reason = f"exit {code}" if code else f"exit 0 but no {run.results_file.name}"
+            tail = _tail(run.log_file)
+            self.outcomes[run.name] = Outcome(
+                "failed", code, tail, seconds, child.resumed_from, reason
+            )
+            shown = "\n".join("    " + line for line in tail.splitlines()[-8:])
+            self.echo(f"[suite] {run.name}: FAILED ({reason}); log {run.log_file}:\n{shown}")
+
+    def status_line(self) -> str:
+        parts, remaining = [], []
+        for child in self.running:
+            progress = read_progress(child.run.log_file)
+            parts.append(f"{child.run.name}: {progress.describe(child.run.max_iter)}")
+            left = progress.eta_s
+            if progress.phase == "training" and progress.iteration is not None and left:
+                self.s_per_iter[child.run.name] = left / max(
+                    1, child.run.max_iter - progress.iteration - 1
+                )
+            remaining.append(left)
+        parts += [f"{name}: {why}" for name, why in self.waiting.items()]
+        rate = statistics.fmean(self.s_per_iter.values()) if self.s_per_iter else None
+        estimates = [
+            None if rate is None or r.eval_only else rate * r.max_iter for r in self.pending
+        ]
+        eta = overall_eta(remaining, estimates, self.jobs)
+        bound = "" if None not in remaining + estimates else ">= "
+        todo = f"{len(self.pending)} pending, " if self.pending else ""
+        parts.append(
+            f"overall ETA {bound}{format_seconds(eta)} ({todo}{len(self.running)} running)"
+        )
+        return f"[suite {format_seconds(time.time() - self.start)}] " + " | ".join(parts)
+
+
+def execute(
+    runs: Sequence[Run],
+    jobs: int,
+    root: Path,
+    python: str = sys.executable,
+    retrain: bool = False,
+    poll_s: float = 30.0,
+    echo: Callable[[str], None] = print,
+    grace_s: float = 10.0,
+) -> Dict[str, Outcome]:
+    """Run what `runs` still need, `jobs` at a time, each with (CPU cores // jobs) threads.
+
+    Args:
+        runs: the runs, in the order they start (an evaluation waits for the run whose model
+            it evaluates).
+        jobs: processes at once.
+        root: the checkout (the processes' working directory).
+        python: the interpreter of the trainings.
+        retrain: train finished runs again, from scratch.
+        poll_s: seconds between progress lines (one line per poll: every running run's
+            iteration and ETA, and the overall ETA).
+        echo: where the progress goes.
+        grace_s: seconds the trainings get to exit after SIGTERM before SIGKILL.
+
+    Returns:
+        {run name: Outcome} for every run.
+
+    Raises:
+        KeyboardInterrupt, SuiteStopped, or any exception of the loop: after every training
+        has been terminated.
+    """
+    preflight(runs, root, retrain)
+    state = _Scheduler(list(runs), max(1, jobs), root, python, retrain, echo)
+    last_line = time.time()
+    try:
+        with _stop_on_signals():
+            while state.pending or state.running:
+                state.launch_ready()
+                time.sleep(min(0.25, poll_s))
+                state.reap()
+                if time.time() - last_line >= poll_s and (state.running or state.pending):
+                    echo(state.status_line())
+                    last_line = time.time()
+    finally:
+        if state.running:
+            echo(f"[suite] terminating {len(state.running)} training(s)")
+            # a second Ctrl-C / SIGTERM waits until every training is gone
+            blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+            try:
+                _terminate(state.running, grace_s)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    return state.outcomes
