@@ -419,6 +419,10 @@ def test_per_class_nms_refuses_unknown_type():
         ("MODEL.D2ALIGN_RETINANET.CL_NMS_TEMPERATURE", "0.0"),
         ("MODEL.D2ALIGN_RETINANET.CL_NMS_DIS_SCALE", "-0.5"),
         ("MODEL.RETINANET.NMS_THRESH_TEST", "1.5"),
+        ("MODEL.RETINANET.NMS_THRESH_TEST", "-0.1"),
+        ("MODEL.RETINANET.SCORE_THRESH_TEST", "-0.05"),
+        ("MODEL.RETINANET.TOPK_CANDIDATES_TEST", "0"),
+        ("TEST.DETECTIONS_PER_IMAGE", "0"),
     ],
 )
 def test_bad_keys_are_refused_naming_the_key(key, value):

@@ -127,6 +127,13 @@ class IoUNetPostProcessor:
         check_config(r.OMEGA1 >= 0, k + "REFINE.OMEGA1", r.OMEGA1, "must be >= 0 (Omega_1)")
         check_config(r.OMEGA2 < 0, k + "REFINE.OMEGA2", r.OMEGA2, "must be < 0 (Omega_2)")
         check_config(r.MAX_ITERS >= 1, k + "REFINE.MAX_ITERS", r.MAX_ITERS, "must be >= 1 (T)")
+        check_config(r.TOPK >= 1, k + "REFINE.TOPK", r.TOPK, "must be >= 1")
+        check_config(
+            0 <= c.SOFT_NMS_SCORE_THRESH <= 1,
+            k + "SOFT_NMS_SCORE_THRESH",
+            c.SOFT_NMS_SCORE_THRESH,
+            "must be in [0, 1]",
+        )
         check_config(
             not r.ENABLED or c.POOLER_TYPE == "PrRoIPool",
             k + "POOLER_TYPE",

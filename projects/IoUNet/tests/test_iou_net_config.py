@@ -80,6 +80,8 @@ def test_cpu_configs_build(path):
         ("MODEL.IOU_NET.REFINE.OMEGA2", "0.01"),
         ("MODEL.IOU_NET.REFINE.MAX_ITERS", "0"),
         ("MODEL.IOU_NET.NMS_THRESH", "1.5"),
+        ("MODEL.IOU_NET.SOFT_NMS_SCORE_THRESH", "-0.001"),
+        ("MODEL.IOU_NET.REFINE.TOPK", "0"),
     ],
 )
 def test_bad_inference_values_are_refused_naming_the_key(key, value):

@@ -83,8 +83,21 @@ def check_d2align_retinanet_config(cfg) -> None:
     check_config(
         c.CL_NMS_DIS_SCALE >= 0, k + "CL_NMS_DIS_SCALE", c.CL_NMS_DIS_SCALE, "must be >= 0"
     )
-    thresh = cfg.MODEL.RETINANET.NMS_THRESH_TEST
-    check_config(0 <= thresh <= 1, "MODEL.RETINANET.NMS_THRESH_TEST", thresh, "must be in [0, 1]")
+    r = cfg.MODEL.RETINANET
+    for key in ("NMS_THRESH_TEST", "SCORE_THRESH_TEST"):
+        check_config(0 <= r[key] <= 1, "MODEL.RETINANET." + key, r[key], "must be in [0, 1]")
+    check_config(
+        r.TOPK_CANDIDATES_TEST >= 1,
+        "MODEL.RETINANET.TOPK_CANDIDATES_TEST",
+        r.TOPK_CANDIDATES_TEST,
+        "must be >= 1",
+    )
+    check_config(
+        cfg.TEST.DETECTIONS_PER_IMAGE >= 1,
+        "TEST.DETECTIONS_PER_IMAGE",
+        cfg.TEST.DETECTIONS_PER_IMAGE,
+        "must be >= 1",
+    )
 
 
 @META_ARCH_REGISTRY.register()
