@@ -5,6 +5,7 @@ project package as `d2align.projects.<package>` (from projects/<Folder>/<package
 The C++ (CPU) kernels are always built; the CUDA kernels are added when torch sees a GPU and
 CUDA_HOME is set, or when FORCE_CUDA=1.
 """
+
 import glob
 import os
 import sys

@@ -22,6 +22,7 @@ Without --weights both models are randomly initialised: every class then passes 
 threshold for every proposal, many more candidates than a trained model has; the mean number
 of candidates per image is printed so that runs can be compared.
 """
+
 import argparse
 import copy
 import statistics

@@ -9,6 +9,7 @@ RetinaNet's unchanged code, so its ratio should be ~1).
 
     python benchmarks/bench_mutual_guidance.py [--iters 20] [--threads 1] [--opts K V ...]
 """
+
 import argparse
 import copy
 import itertools

@@ -11,6 +11,7 @@ localization scores. For each N the table gives the median time of each op and i
 On a CPU shared with other jobs, torch's parallel regions (in batched_nms's per-class loop)
 can wait for a scheduler time slice; `--threads 1` gives steadier figures.
 """
+
 import argparse
 import statistics
 import time

@@ -9,6 +9,7 @@ Usage:
     python benchmarks/bench_prroi_pool.py [--device cpu|cuda] [--repeats 5] [--threads N]
         [--image 800 1216] [--output-sizes 7 14]
 """
+
 import argparse
 import statistics
 import time

@@ -1,5 +1,6 @@
 """Tests of d2align.modeling.anchor_assignment: the static IoU_anchor rule, per-GT counts and
 top-k-per-GT dynamic selection."""
+
 import pytest
 import torch
 from detectron2.modeling.matcher import Matcher

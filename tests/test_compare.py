@@ -1,5 +1,6 @@
 """tools/compare.py: reads each config's final_results.json and writes the table and the plot;
 trains what is missing (two tiny configs trained end to end, then reused)."""
+
 import importlib.util
 import json
 import os
@@ -10,8 +11,14 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from d2align.suite import aggregate, last_progress, paired_differences, read_payload, runs_of
-from d2align.suite import summarize
+from d2align.suite import (
+    aggregate,
+    last_progress,
+    paired_differences,
+    read_payload,
+    runs_of,
+    summarize,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,15 +30,28 @@ def _load_compare():
     return module
 
 
-BBOX = {"AP": 40.0, "AP50": 70.0, "AP60": 60.0, "AP70": 50.0, "AP75": 45.0, "AP80": 30.0,
-        "AP90": 5.0, "APs": 20.0, "APm": 45.0, "APl": 55.0}
+BBOX = {
+    "AP": 40.0,
+    "AP50": 70.0,
+    "AP60": 60.0,
+    "AP70": 50.0,
+    "AP75": 45.0,
+    "AP80": 30.0,
+    "AP90": 5.0,
+    "APs": 20.0,
+    "APm": 45.0,
+    "APl": 55.0,
+}
 CONFIG = ROOT / "configs" / "shapes" / "faster_rcnn_R18_FPN_scratch.yaml"
 
 
 def _write_results(run_dir: Path, bbox: dict, train_s: float = 0.5) -> None:
     run_dir.mkdir(parents=True)
-    payload = {"config_file": "x.yaml", "results": {"bbox": bbox},
-               "speed": {"train_s_per_iter": train_s, "inference_s_per_image": 0.05}}
+    payload = {
+        "config_file": "x.yaml",
+        "results": {"bbox": bbox},
+        "speed": {"train_s_per_iter": train_s, "inference_s_per_image": 0.05},
+    }
     (run_dir / "final_results.json").write_text(json.dumps(payload))
 
 
@@ -50,8 +70,10 @@ def test_table_and_plot_from_existing_results(tmp_path):
     table = (out / "results.md").read_text().splitlines()
     assert table[0].startswith("| config | AP | AP50 | AP60 | AP70 | AP75 | AP80 | AP90")
     # then: parameters of the config's model, no diagnostics (no detections file), 1 seed
-    assert table[2] == (f"| {CONFIG.stem} | 40.0 | 70.0 | 60.0 | 50.0 | 45.0 | 30.0 | 5.0 | "
-                        "20.0 | 45.0 | 55.0 | 0.500 | 0.050 | 12.30M | - | - | - | - | - | - | 1 |")
+    assert table[2] == (
+        f"| {CONFIG.stem} | 40.0 | 70.0 | 60.0 | 50.0 | 45.0 | 30.0 | 5.0 | "
+        "20.0 | 45.0 | 55.0 | 0.500 | 0.050 | 12.30M | - | - | - | - | - | - | 1 |"
+    )
     png = (out / "ap_vs_iou.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
 
@@ -63,8 +85,21 @@ def test_seeds_give_mean_and_sample_std(tmp_path):
     for seed, ap in [(1, 40.0), (2, 44.0), (3, 48.0)]:
         _write_results(base / f"seed{seed}", dict(BBOX, AP=ap), train_s=0.1 * seed)
     out = tmp_path / "cmp"
-    compare.main([str(CONFIG), "--out", str(out), "--seeds", "1", "2", "3",
-                  "--opts", "OUTPUT_DIR", str(base)], root=ROOT)
+    compare.main(
+        [
+            str(CONFIG),
+            "--out",
+            str(out),
+            "--seeds",
+            "1",
+            "2",
+            "3",
+            "--opts",
+            "OUTPUT_DIR",
+            str(base),
+        ],
+        root=ROOT,
+    )
 
     (row,) = json.loads((out / "results.json").read_text())["rows"]
     assert row["num_seeds"] == 3
@@ -84,10 +119,14 @@ def test_paired_differences_by_seed(tmp_path):
     for name, aps in [("a", [40.0, 44.0, 48.0]), ("b", [43.0, 45.0, 51.0])]:
         for seed, ap in zip([1, 2, 3], aps):
             _write_results(tmp_path / name / f"seed{seed}", dict(BBOX, AP=ap))
-    rows_a = [summarize("a", read_payload(r)) for r in
-              runs_of(CONFIG, ["OUTPUT_DIR", str(tmp_path / "a")], [1, 2, 3], ROOT)]
-    rows_b = [summarize("b", read_payload(r)) for r in
-              runs_of(config_b, ["OUTPUT_DIR", str(tmp_path / "b")], [1, 2, 3], ROOT)]
+    rows_a = [
+        summarize("a", read_payload(r))
+        for r in runs_of(CONFIG, ["OUTPUT_DIR", str(tmp_path / "a")], [1, 2, 3], ROOT)
+    ]
+    rows_b = [
+        summarize("b", read_payload(r))
+        for r in runs_of(config_b, ["OUTPUT_DIR", str(tmp_path / "b")], [1, 2, 3], ROOT)
+    ]
     row_a, row_b = aggregate("a", rows_a), aggregate("b", rows_b)
     diff = paired_differences(row_a, row_b)
     assert diff["name"] == "b - a"
@@ -119,8 +158,14 @@ TINY = ["--quick", "--jobs", "2", "--poll", "1", "--opts", "SOLVER.MAX_ITER", "6
 
 def _compare_command(out: Path, data: Path):
     """tools/compare.py as a user runs it: a separate process, the tiny quick data in `data`."""
-    cmd = [sys.executable, str(ROOT / "tools" / "compare.py"), str(CONFIG), str(RETINA),
-           "--out", str(out)] + TINY
+    cmd = [
+        sys.executable,
+        str(ROOT / "tools" / "compare.py"),
+        str(CONFIG),
+        str(RETINA),
+        "--out",
+        str(out),
+    ] + TINY
     env = dict(os.environ, D2ALIGN_DATASETS=str(data))
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -175,8 +220,11 @@ def test_compare_trains_two_configs_and_writes_table_json_and_figures(trained):
     assert diff["name"] == f"{RETINA.stem} - {CONFIG.stem}"
     assert table[f"Δ vs {CONFIG.stem}"][0] == f"{rows[RETINA.stem]['AP'] - faster['AP']:+.1f}"
 
-    figures = [out / "ap_vs_iou.png", out / "positives_by_iou.png",
-               out / "diagnostics" / f"{CONFIG.stem}.png"]
+    figures = [
+        out / "ap_vs_iou.png",
+        out / "positives_by_iou.png",
+        out / "diagnostics" / f"{CONFIG.stem}.png",
+    ]
     for png in figures:
         image = matplotlib.image.imread(png)
         assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
@@ -186,8 +234,10 @@ def test_compare_trains_two_configs_and_writes_table_json_and_figures(trained):
 def test_second_call_trains_nothing(trained):
     root, _ = trained
     out = root / "cmp"
-    results = [Path(r["runs"][0]["out_dir"]) / "final_results.json"
-               for r in json.loads((out / "results.json").read_text())["rows"]]
+    results = [
+        Path(r["runs"][0]["out_dir"]) / "final_results.json"
+        for r in json.loads((out / "results.json").read_text())["rows"]
+    ]
     stamps = [p.stat().st_mtime_ns for p in results]
     second = _compare_command(out, root / "data")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]

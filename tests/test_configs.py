@@ -1,6 +1,7 @@
 """Every shipped YAML merges with its project's keys into a config that says what the file says,
 names registered components and builds a model; leaves write to distinct output folders; the
 shapes baselines match the dataset."""
+
 from pathlib import Path
 
 import pytest

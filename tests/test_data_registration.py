@@ -1,4 +1,5 @@
 """Tests of dataset registration and the checked COCO loader (d2align.data.datasets)."""
+
 import copy
 import dataclasses
 import json
@@ -93,10 +94,23 @@ def _user_dataset(tmp_path):
             {"id": 2, "file_name": "b.png", "height": 40, "width": 50},
         ],
         "annotations": [
-            {"id": 10, "image_id": 1, "category_id": 7, "bbox": [1, 2, 10, 5], "area": 50,
-             "iscrowd": 0, "segmentation": [[1, 2, 11, 2, 11, 7, 1, 7]]},
-            {"id": 11, "image_id": 1, "category_id": 3, "bbox": [20.5, 3, 4, 8.5], "area": 34,
-             "iscrowd": 0},
+            {
+                "id": 10,
+                "image_id": 1,
+                "category_id": 7,
+                "bbox": [1, 2, 10, 5],
+                "area": 50,
+                "iscrowd": 0,
+                "segmentation": [[1, 2, 11, 2, 11, 7, 1, 7]],
+            },
+            {
+                "id": 11,
+                "image_id": 1,
+                "category_id": 3,
+                "bbox": [20.5, 3, 4, 8.5],
+                "area": 34,
+                "iscrowd": 0,
+            },
         ],
         "categories": [{"id": 7, "name": "kite"}, {"id": 3, "name": "bolt"}],
     }

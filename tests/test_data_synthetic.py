@@ -1,4 +1,5 @@
 """Tests of the synthetic shapes generator (d2align.data.synthetic)."""
+
 import dataclasses
 import json
 import os

@@ -1,4 +1,5 @@
 """The shared trainer: loss falls, a stopped run resumes, empty images train, config checks."""
+
 import os
 
 import pytest

@@ -1,4 +1,5 @@
 """D2AlignCOCOEvaluator's AP50...AP90 columns against direct pycocotools computations."""
+
 import contextlib
 import io
 import json
@@ -25,8 +26,16 @@ def _write_gt(tmp_path):
     anns = []
     for image_id, boxes in GT_BOXES.items():
         for cat, (x, y, w, h) in boxes:
-            anns.append(dict(id=len(anns) + 1, image_id=image_id, category_id=cat,
-                             bbox=[x, y, w, h], area=w * h, iscrowd=0))
+            anns.append(
+                dict(
+                    id=len(anns) + 1,
+                    image_id=image_id,
+                    category_id=cat,
+                    bbox=[x, y, w, h],
+                    area=w * h,
+                    iscrowd=0,
+                )
+            )
     cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
     path = tmp_path / "gt.json"
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
@@ -78,8 +87,9 @@ def _evaluate(gt_json, preds, name, tmp_path):
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     DatasetCatalog.register(name, lambda: [])
-    MetadataCatalog.get(name).set(json_file=gt_json, thing_classes=["a", "b"],
-                                  thing_dataset_id_to_contiguous_id={1: 0, 2: 1})
+    MetadataCatalog.get(name).set(
+        json_file=gt_json, thing_classes=["a", "b"], thing_dataset_id_to_contiguous_id={1: 0, 2: 1}
+    )
     evaluator = D2AlignCOCOEvaluator(name, output_dir=str(tmp_path / "eval"))
     evaluator.reset()
     for image_id, ps in preds.items():

@@ -1,4 +1,5 @@
 """Tests of d2align.modeling.losses: balanced L1 (Libra R-CNN) and focal loss on anchor labels."""
+
 import math
 
 import pytest
@@ -77,9 +78,7 @@ def test_focal_loss_on_labels_matches_fvcore_one_hot():
     # changing an ignored anchor's logits changes nothing
     logits2 = logits.clone()
     logits2[0, 3] += 5.0
-    assert focal_loss_on_labels(logits2, labels, num_classes).item() == pytest.approx(
-        loss.item()
-    )
+    assert focal_loss_on_labels(logits2, labels, num_classes).item() == pytest.approx(loss.item())
 
 
 def test_focal_loss_shape_error():

@@ -1,5 +1,6 @@
 """Tests of the NMS family (d2align.ops.nms) against the slow references of
 d2align.ops.nms_reference, hand-worked examples and torchvision's batched_nms."""
+
 import math
 
 import pytest
@@ -289,8 +290,9 @@ def test_cpu_only_ops_return_on_the_input_device(case):
     reference (a device round trip, not a kernel comparison)."""
     op, reference, num_scores, kwargs = case
     boxes, scores, idxs = clustered_inputs(300, 5, seed=4)
-    keep, new_scores = run(op, boxes.cuda(), [s.cuda() for s in scores], idxs.cuda(), kwargs,
-                           num_scores)
+    keep, new_scores = run(
+        op, boxes.cuda(), [s.cuda() for s in scores], idxs.cuda(), kwargs, num_scores
+    )
     ref_keep, ref_scores = run(reference, boxes, scores, idxs, kwargs, num_scores)
     assert keep.is_cuda and new_scores.is_cuda
     assert torch.equal(keep.cpu(), ref_keep) and torch.equal(new_scores.cpu(), ref_scores)

@@ -1,5 +1,6 @@
 """PrRoIPooler: FPN level assignment as detectron2's ROIPooler, gradients to Boxes.tensor, and
 build_roi_pooler's choice of pooler."""
+
 import math
 import unittest
 

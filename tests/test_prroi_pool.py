@@ -1,5 +1,6 @@
 """Precise RoI Pooling: C++/CUDA kernels against the float64 midpoint-rule reference, analytic
 oracles, gradcheck w.r.t. features and box coordinates, and edge cases."""
+
 import unittest
 
 import torch

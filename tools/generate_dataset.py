@@ -8,6 +8,7 @@
 The default folder is `$D2ALIGN_DATASETS/shapes` (D2ALIGN_DATASETS defaults to
 `~/.cache/d2align/datasets`); training commands generate it on first use anyway.
 """
+
 import argparse
 import json
 import time

@@ -5,6 +5,7 @@ Same command line as detectron2's tools/train_net.py, e.g.
     python tools/train_net.py --config-file configs/shapes/faster_rcnn_R18_FPN_scratch.yaml
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/.../model_final.pth
 """
+
 from d2align.engine import launch_from_command_line
 
 if __name__ == "__main__":

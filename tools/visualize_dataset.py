@@ -9,6 +9,7 @@ Datasets: the embedded splits (`d2align_shapes_train`, `d2align_shapes_val`, gen
 use), any dataset registered by detectron2 (e.g. `coco_2017_val` with DETECTRON2_DATASETS set),
 or a COCO-format JSON with its image folder (`--json`, `--image-root`).
 """
+
 import argparse
 import os
 

@@ -17,6 +17,7 @@ class it overlaps most:
 Writes fig2a_cls_score_vs_iou.png, fig2b_pred_iou_vs_iou.png, fig3_positives_by_iou.png and
 diagnostics.json into --out (default: OUTPUT_DIR/diagnostics) and prints the numbers.
 """
+
 import argparse
 import json
 import os
@@ -142,8 +143,10 @@ def main(argv=None):
     }
     with open(os.path.join(out, "diagnostics.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    print(f"Pearson r (IoU > 0.5, n = {summary['num_detections_iou_gt_0.5']}): "
-          f"classification score {r_cls:.3f}, predicted IoU {r_loc:.3f}")
+    print(
+        f"Pearson r (IoU > 0.5, n = {summary['num_detections_iou_gt_0.5']}): "
+        f"classification score {r_cls:.3f}, predicted IoU {r_loc:.3f}"
+    )
     print("positives by IoU group: " + " ".join(f"{g:>8}" for g in groups))
     for method, c in counts.items():
         print(f"{method:>23}: " + " ".join(f"{v:>8d}" for v in c.tolist()))

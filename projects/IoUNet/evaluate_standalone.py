@@ -19,6 +19,7 @@ Table 1 rows: --iounet-opts MODEL.IOU_NET.REFINE.ENABLED False MODEL.IOU_NET.NMS
 REFINE.ENABLED False / True. Both models see the image at the detector config's test size.
 Writes final_results.json (and the COCO results) into --out.
 """
+
 import argparse
 import json
 import os

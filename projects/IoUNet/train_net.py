@@ -10,6 +10,7 @@
 `--num-gpus`, `--resume` and trailing `KEY VALUE` overrides behave as in detectron2's
 `tools/train_net.py`.
 """
+
 from d2align.engine import launch_from_command_line
 from d2align.projects.iou_net import add_iou_net_config
 

@@ -8,6 +8,7 @@
 
 Trailing `KEY VALUE` pairs override the config, e.g. `MODEL.MUTUAL_GUIDANCE.ASSIGNMENT static`.
 """
+
 from d2align.engine import launch_from_command_line
 from d2align.projects.mutual_guidance import add_mutual_guidance_config
 

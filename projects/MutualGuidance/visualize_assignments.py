@@ -12,6 +12,7 @@ ground truths are white.
         --output output/shapes/mutual_guidance/fig4 --num-images 4 \
         MODEL.WEIGHTS output/shapes/mutual_guidance/mutual_guidance_R18_FPN_scratch/model_final.pth
 """
+
 import argparse
 import os
 

@@ -1,4 +1,5 @@
 """Helpers for tests and benchmarks: a tiny shapes dataset and a CPU-sized training config."""
+
 import os
 from typing import Iterable, Sequence, Tuple
 
@@ -55,20 +56,35 @@ def tiny_training_config(
     the given (train, test) datasets, small images, batch 2, no workers, `max_iter` iterations.
     """
     shrink = [
-        "DATASETS.TRAIN", f"('{datasets[0]}',)",
-        "DATASETS.TEST", f"('{datasets[1]}',)",
-        "INPUT.MIN_SIZE_TRAIN", f"({image_size},)",
-        "INPUT.MAX_SIZE_TRAIN", str(image_size),
-        "INPUT.MIN_SIZE_TEST", str(image_size),
-        "INPUT.MAX_SIZE_TEST", str(image_size),
-        "SOLVER.IMS_PER_BATCH", "2",
-        "SOLVER.MAX_ITER", str(max_iter),
-        "SOLVER.WARMUP_ITERS", "0",
-        "SOLVER.STEPS", "()",
-        "SOLVER.CHECKPOINT_PERIOD", str(10**6),
-        "DATALOADER.NUM_WORKERS", "0",
-        "TEST.EVAL_PERIOD", "0",
-        "MODEL.DEVICE", "cpu",
-        "OUTPUT_DIR", output_dir,
+        "DATASETS.TRAIN",
+        f"('{datasets[0]}',)",
+        "DATASETS.TEST",
+        f"('{datasets[1]}',)",
+        "INPUT.MIN_SIZE_TRAIN",
+        f"({image_size},)",
+        "INPUT.MAX_SIZE_TRAIN",
+        str(image_size),
+        "INPUT.MIN_SIZE_TEST",
+        str(image_size),
+        "INPUT.MAX_SIZE_TEST",
+        str(image_size),
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.MAX_ITER",
+        str(max_iter),
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "SOLVER.STEPS",
+        "()",
+        "SOLVER.CHECKPOINT_PERIOD",
+        str(10**6),
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "TEST.EVAL_PERIOD",
+        "0",
+        "MODEL.DEVICE",
+        "cpu",
+        "OUTPUT_DIR",
+        output_dir,
     ]
     return build_config(os.path.join(ROOT, config_file), shrink + list(opts), config_hooks)

@@ -2,6 +2,7 @@
 
 Importing this package registers `MutualGuidanceRetinaNet` in detectron2's META_ARCH_REGISTRY.
 """
+
 from .assignment import assign_anchors, iou_amplified
 from .config import ASSIGNMENTS, add_mutual_guidance_config
 from .meta_arch import MutualGuidanceRetinaNet

@@ -25,6 +25,7 @@ An anchor wanted by several ground truths belongs to one of them, chosen with th
 (IoU_anchor, IoU_regressed or IoU_amplified) that ranks it: see the ownership rule of
 `d2align.modeling.anchor_assignment`.
 """
+
 from typing import Optional, Tuple
 
 import torch

@@ -8,6 +8,7 @@ yellow: Classify to Localize), over the ground truths (white).
 
 Boxes are XYXY in the pixels of the model's input image (after resizing).
 """
+
 from typing import Dict, Tuple
 
 import cv2

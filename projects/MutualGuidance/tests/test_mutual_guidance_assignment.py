@@ -1,4 +1,5 @@
 """Tests of Mutual Guidance's label assignment (mutual_guidance.assignment) on boxes."""
+
 import itertools
 import math
 

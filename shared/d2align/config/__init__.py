@@ -1,4 +1,5 @@
 """Config keys shared by every d2align project, and the one helper that checks values."""
+
 from .checks import check_choice, check_config
 from .defaults import add_d2align_config
 

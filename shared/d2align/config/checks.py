@@ -3,6 +3,7 @@
 Every project checks its keys with these, so that a bad value is reported the same way
 everywhere, naming the full key and the value it was given.
 """
+
 from typing import Any, Iterable
 
 __all__ = ["check_config", "check_choice"]

@@ -3,6 +3,7 @@ the shared modeling pieces, beside the detectron2 nodes they extend.
 
 A project's own keys live in its `add_<project>_config`, which calls this first.
 """
+
 from detectron2.config import CfgNode as CN
 
 

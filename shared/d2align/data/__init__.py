@@ -1,4 +1,5 @@
 """d2align.data: the embedded synthetic shapes dataset and checked COCO-format registration."""
+
 from .datasets import (
     SHAPES_DATASETS,
     default_shapes_root,

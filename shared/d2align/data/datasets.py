@@ -11,6 +11,7 @@ pixels. `register_coco_instances_checked` makes any such JSON with its image fol
 name, and `register_shapes_datasets` registers the embedded splits ("d2align_shapes_train",
 "d2align_shapes_val"), which are generated when first loaded.
 """
+
 import dataclasses
 import functools
 import json

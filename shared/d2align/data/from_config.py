@@ -1,4 +1,5 @@
 """Registers the datasets a config names: the embedded shapes splits and a user's COCO JSON."""
+
 from detectron2.config import CfgNode
 
 from .datasets import register_coco_instances_checked, register_shapes_datasets

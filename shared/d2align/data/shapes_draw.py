@@ -8,6 +8,7 @@ Object shapes are defined in a unit frame where the unrotated object spans [-1, 
 as a list of closed polygons, each with a fill value: 1 adds area, 0 cuts a hole (ring,
 crescent). A shape is then scaled to its extent (w, h), rotated and translated.
 """
+
 from typing import List, Tuple
 
 import cv2

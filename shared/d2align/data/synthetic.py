@@ -23,6 +23,7 @@ Layout written by `generate_split(spec, split, root)`:
     <root>/annotations/<split>.json           COCO instances JSON
     <root>/annotations/<split>.fingerprint    hash of the spec that produced the split
 """
+
 import dataclasses
 import hashlib
 import json

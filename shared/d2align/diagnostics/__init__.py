@@ -1,4 +1,5 @@
 """Detector-agnostic diagnostics (misalignment of classification and localization)."""
+
 from .dataset import MisalignmentAccumulator, coco_results_misalignment
 from .misalignment import (
     IOU_BIN_EDGES,

@@ -20,6 +20,7 @@ Shape legend:
 Boxes are XYXY in absolute pixels; they may be given as `Tensor[*, 4]`, `numpy.ndarray` or
 detectron2 `Boxes`.
 """
+
 import os
 from typing import Mapping, Sequence, Tuple, Union
 

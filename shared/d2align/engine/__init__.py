@@ -1,4 +1,5 @@
 """Training and evaluation entry points shared by every d2align project."""
+
 from .launcher import (
     build_config,
     launch_from_command_line,

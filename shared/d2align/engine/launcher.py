@@ -11,6 +11,7 @@ A project's train_net.py is::
 `--config-file`, `--eval-only`, `--resume`, `--num-gpus` and trailing `KEY VALUE` overrides
 behave as in detectron2.
 """
+
 import json
 import logging
 import os
@@ -97,9 +98,7 @@ def main(args, config_hooks: Iterable[ConfigHook] = (), trainer_cls: Type[Traine
     trainer.resume_or_load(resume=args.resume)
     results = trainer.train()
     if comm.is_main_process() and cfg.D2ALIGN.WRITE_RESULTS and results:
-        path = write_final_results(
-            cfg, args.config_file, results, trainer.train_seconds_per_iter()
-        )
+        path = write_final_results(cfg, args.config_file, results, trainer.train_seconds_per_iter())
         logger.info(f"Final results written to {path}")
     return results
 

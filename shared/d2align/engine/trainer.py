@@ -10,6 +10,7 @@ It adds to detectron2's DefaultTrainer:
     continues with the same momentum.
 Projects subclass it only when they need another data mapper or evaluator.
 """
+
 import logging
 import os
 import time
@@ -103,8 +104,8 @@ class Trainer(DefaultTrainer):
             JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
         ]
         try:
-            from detectron2.utils.events import TensorboardXWriter
             import torch.utils.tensorboard  # noqa: F401  (optional dependency)
+            from detectron2.utils.events import TensorboardXWriter
 
             writers.append(TensorboardXWriter(self.cfg.OUTPUT_DIR))
         except ImportError:

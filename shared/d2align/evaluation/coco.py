@@ -5,6 +5,7 @@ better-localized boxes pay off. These columns are read from the same pycocotools
 that produces detectron2's standard AP/AP50/AP75/APs/APm/APl, so every number in a row comes
 from one evaluation.
 """
+
 import logging
 from typing import Dict, Optional, Sequence
 

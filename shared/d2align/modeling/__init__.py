@@ -1,6 +1,7 @@
 """d2align.modeling: modeling pieces shared by the projects (ROI heads with the shared box
 pooler and box predictor registry, IoU heads and their targets and loss, inference) and the
 RetinaNet base with overridable assignment, losses and NMS."""
+
 from .box_predictor import BOX_PREDICTOR_REGISTRY, build_box_predictor
 from .cascade_rcnn import D2AlignCascadeROIHeads
 from .iou_head import ROI_IOU_HEAD_REGISTRY, FCIoUHead, build_iou_head

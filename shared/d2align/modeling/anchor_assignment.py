@@ -19,6 +19,7 @@ goes to the claimant of highest quality with it; exact ties go to the lower grou
 So every ground truth keeps at least its best anchor, unless that same anchor is also the best
 anchor of another ground truth that overlaps it more.
 """
+
 from typing import Optional, Tuple
 
 import torch

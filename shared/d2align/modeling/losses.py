@@ -6,6 +6,7 @@ classes.
 Anchor labels follow detectron2's RetinaNet: (R,) int in {-1, 0, ..., K}, -1 = ignored,
 K = background.
 """
+
 import math
 
 import torch

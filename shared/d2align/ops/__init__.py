@@ -1,4 +1,5 @@
 """Compiled ops of d2align (C++ on CPU, CUDA on GPU) and their Python wrappers."""
+
 from ._ext import compiled_with_cuda
 from .nms import batched_cl_balanced_nms, batched_iou_guided_nms, batched_soft_nms
 from .nms_reference import (

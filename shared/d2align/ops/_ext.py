@@ -3,6 +3,7 @@
 If the extension was not built, importing d2align still works; calling a compiled op raises
 an error that names the op and says how to build it.
 """
+
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
 try:

@@ -18,6 +18,7 @@ area never suppress anything); "overlap" means IoU > threshold, strictly, like t
 IoU-guided NMS has a CUDA kernel (when d2align._C is built with CUDA); Soft-NMS and CL-balanced
 NMS are sequential by nature and run on CPU, inputs on a GPU are copied there and back.
 """
+
 from typing import Tuple
 
 import torch

@@ -8,6 +8,7 @@ Shapes: N boxes, K kept. boxes Tensor[N, 4] XYXY absolute; scores Tensor[N]; idx
 Tensor[N] (class of each box). Each function returns (keep int64 Tensor[K], scores Tensor[K] of
 the dtype of the input scores), sorted as its compiled twin documents.
 """
+
 import math
 from typing import Dict, List, Sequence, Tuple
 

@@ -6,6 +6,7 @@ which a config key (e.g. ``MODEL.ROI_BOX_HEAD.POOLER_TYPE: "PrRoIPool"``) select
 
 Shapes: N images, C channels, R boxes in total over the batch, (ph, pw) = output_size.
 """
+
 import math
 from typing import List, Tuple, Union
 
@@ -94,9 +95,7 @@ class PrRoIPooler(nn.Module):
         if not isinstance(x, list) or not isinstance(box_lists, list):
             raise TypeError("PrRoIPooler: arguments must be lists")
         if len(x) != len(self.scales):
-            raise ValueError(
-                f"PrRoIPooler: expected {len(self.scales)} feature maps, got {len(x)}"
-            )
+            raise ValueError(f"PrRoIPooler: expected {len(self.scales)} feature maps, got {len(x)}")
         if len(box_lists) != x[0].size(0):
             raise ValueError(
                 f"PrRoIPooler: {len(box_lists)} box lists for a batch of {x[0].size(0)} images"

@@ -22,6 +22,7 @@ Definitions (the same in the C++/CUDA kernels, in :func:`prroi_pool_reference` a
 * Gradients flow to the features and analytically to the box coordinates (eq. 4 and its
   analogues for y1, x2, y2, summed over bins); column 0 (the batch index) gets gradient 0.
 """
+
 import math
 from typing import Tuple, Union
 
@@ -219,9 +220,9 @@ def prroi_pool_reference(
         for k in range(pw):
             xs = x0 + bin_w * (k + (torch.arange(nx, dtype=torch.float64) + 0.5) / nx)
             hx = _hat_matrix(xs.to(x.device), width)  # (nx, W)
-            for l in range(ph):
-                ys = y0 + bin_h * (l + (torch.arange(ny, dtype=torch.float64) + 0.5) / ny)
+            for row in range(ph):
+                ys = y0 + bin_h * (row + (torch.arange(ny, dtype=torch.float64) + 0.5) / ny)
                 hy = _hat_matrix(ys.to(x.device), height)  # (ny, H)
                 samples = hy @ plane @ hx.T  # (C, ny, nx): f at the sub-rectangle centers
-                out[r, :, l, k] = samples.mean(dim=(1, 2))
+                out[r, :, row, k] = samples.mean(dim=(1, 2))
     return out

@@ -7,6 +7,7 @@ That rule is the only map from folders to packages: `setup.py` installs what it 
 `config_hooks_for` finds a config file's project by it, so a new project needs nothing beyond
 its folder (and a reinstall, which `scripts/env.sh` does when a package appears).
 """
+
 import importlib
 from pathlib import Path
 from typing import Callable, Dict, List, Union

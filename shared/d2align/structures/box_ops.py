@@ -8,6 +8,7 @@ All boxes are XYXY in absolute pixels, `(x1, y1, x2, y2)` with `x1 < x2`, `y1 < 
 box. Degenerate boxes (zero or negative width/height) have IoU 0 with everything, as in
 detectron2's :func:`detectron2.structures.pairwise_iou`.
 """
+
 from typing import Union
 
 import torch

@@ -12,6 +12,7 @@ Shape legend:
 
 Boxes are XYXY in absolute pixels.
 """
+
 import math
 import warnings
 from typing import Optional, Tuple

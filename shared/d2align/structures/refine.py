@@ -10,6 +10,7 @@ Shape legend:
 
 Boxes are XYXY in absolute pixels.
 """
+
 from typing import Callable, Optional, Tuple
 
 import torch

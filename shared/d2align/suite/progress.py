@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence
 
 __all__ = ["Progress", "format_seconds", "last_progress", "overall_eta", "read_progress"]
 
+_ITER = re.compile(r"(?:eta: (.+?)\s+)?iter: (\d+)")
 _INFERENCE = re.compile(r"Inference done (\d+)/(\d+)\..*ETA=(\S+)")
 
 
@@ -64,14 +65,13 @@ def read_progress(log: Path) -> Progress:
     progress = Progress()
     for line in text.splitlines():
         if " iter: " in line:
-            words = line.split()
-            try:
-                progress = Progress("training", int(words[words.index("iter:") + 1]))
-            except (ValueError, IndexError):
+            match = _ITER.search(line)
+            if match is None:
                 continue
-            if "eta:" in words:
-                progress.eta = words[words.index("eta:") + 1]
-                progress.eta_s = _seconds(progress.eta)
+            eta, iteration = match.groups()
+            progress = Progress("training", int(iteration))
+            if eta:
+                progress.eta, progress.eta_s = eta, _seconds(eta)
         elif "Start inference" in line:
             progress = Progress("evaluating", progress.iteration)
         elif "Inference done" in line:
