@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 
-import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, build_detection_test_loader
@@ -32,10 +31,9 @@ from torchvision.ops import batched_nms
 
 from d2align.diagnostics import (
     IOU_BIN_EDGES,
-    match_detections_to_gt,
+    MisalignmentAccumulator,
     plot_positives_by_iou,
     plot_score_vs_iou,
-    positives_by_iou,
 )
 from d2align.engine import load_config
 from d2align.ops import batched_iou_guided_nms
@@ -71,8 +69,7 @@ def diagnose(model, cfg, dataset, max_images):
     """Accumulate the Fig. 2 samples and the Fig. 3 counts over `dataset`."""
     records = {r["image_id"]: r for r in DatasetCatalog.get(dataset)}
     thresh = cfg.MODEL.IOU_NET.NMS_THRESH
-    ious, cls_scores, pred_ious = [], [], []
-    counts = {m: np.zeros(len(IOU_BIN_EDGES) - 1, dtype=np.int64) for m in METHODS}
+    acc = MisalignmentAccumulator(["cls_score", "pred_iou"], METHODS)
     for n, (inputs,) in enumerate(build_detection_test_loader(cfg, dataset)):
         if 0 <= max_images <= n:
             break
@@ -83,18 +80,9 @@ def diagnose(model, cfg, dataset, max_images):
             "NMS": batched_nms(boxes, scores, classes, thresh),
             "IoU-NMS": batched_iou_guided_nms(boxes, scores, loc, classes, thresh)[0],
         }
-        for c in classes.unique().tolist():
-            in_class = classes == c
-            gt_c = gt_boxes[gt_classes == c]
-            iou, _ = match_detections_to_gt(boxes[in_class], gt_c)
-            ious.append(iou)
-            cls_scores.append(scores[in_class])
-            pred_ious.append(loc[in_class])
-            for method, keep in kept.items():
-                keep = keep[classes[keep] == c]
-                counts[method] += positives_by_iou(boxes[keep], gt_c)
-    cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros(0)  # noqa: E731
-    return cat(ious), cat(cls_scores), cat(pred_ious), counts
+        confidences = {"cls_score": scores, "pred_iou": loc}
+        acc.add_image(boxes, classes, confidences, gt_boxes, gt_classes, kept)
+    return acc.ious, acc.confidence("cls_score"), acc.confidence("pred_iou"), acc.counts
 
 
 def main(argv=None):

@@ -82,10 +82,16 @@ def preflight(runs: Sequence[Run], root: Path, retrain: bool) -> None:
         )
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child, before exec
-    """Linux: deliver SIGTERM to this (child) process when the suite process dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+_BLOCKED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+def _child_setup() -> None:  # pragma: no cover - runs in the child, between fork and exec
+    """Unblock the signals the suite blocks while it forks (a blocked mask survives exec), and
+    on Linux have SIGTERM delivered to the child when the suite process dies."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _BLOCKED)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @contextlib.contextmanager
@@ -221,10 +227,8 @@ class _Scheduler:
         log = open(run.log_file, "a" if resume else "w")
         log.write(" ".join(cmd) + "\n")
         log.flush()
-        linux = sys.platform.startswith("linux")
         # no signal between the fork and the bookkeeping: the child is always terminated
-        blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
         try:
             proc = subprocess.Popen(
                 cmd,
@@ -233,7 +237,7 @@ class _Scheduler:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if linux else None,
+                preexec_fn=_child_setup,
             )
             self.running.append(_Child(run, proc, log, lock, time.time(), resumed_from))
         finally:
@@ -342,8 +346,7 @@ def execute(
         if state.running:
             echo(f"[suite] terminating {len(state.running)} training(s)")
             # a second Ctrl-C / SIGTERM waits until every training is gone
-            blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
             try:
                 _terminate(state.running, grace_s)
             finally:

@@ -1,0 +1,199 @@
+"""The suite runner: a killed suite leaves no process and resumes from the checkpoint; a failed
+run is reported while the others finish; Ctrl-C and exceptions terminate the trainings; the
+output folder's lock refuses a second suite and takes over a dead one's."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from d2align.suite import DirLock, execute, main, plan_runs, suite_of_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+FASTER = "configs/shapes/faster_rcnn_R18_FPN_scratch.yaml"
+
+
+def _gone(pid: int) -> bool:
+    """No such process any more (or only a zombie waiting for its reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _group_members(pgid: int):
+    """PIDs of the live processes of process group `pgid`."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry))
+    return members
+
+
+class _Suite:
+    """tools/compare.py in a process, its output collected line by line."""
+
+    def __init__(self, args, data: Path):
+        cmd = [sys.executable, str(ROOT / "tools" / "compare.py")] + [str(a) for a in args]
+        env = dict(os.environ, D2ALIGN_DATASETS=str(data))
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.lines = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def pids(self):
+        """{run name: pid} of the trainings it started."""
+        out = {}
+        for line in self.lines:
+            if "(pid " in line:
+                name = line.split("] ", 1)[1].split(": ", 1)[0]
+                out[name] = int(line.split("(pid ", 1)[1].split(")")[0])
+        return out
+
+    def wait_for(self, condition, timeout: float = 180.0):
+        deadline = time.time() + timeout
+        while not condition():
+            assert self.proc.poll() is None, self.text[-3000:]
+            assert time.time() < deadline, self.text[-3000:]
+            time.sleep(0.2)
+
+    def finish(self, timeout: float = 300.0) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tmp_path_factory.mktemp("suite_data")
+
+
+def _write_suite(path: Path, runs, jobs: int = 2) -> Path:
+    path.write_text(json.dumps({"name": "t", "jobs": jobs, "runs": runs}))  # JSON is YAML
+    return path
+
+
+@pytest.mark.slow
+def test_killed_suite_leaves_no_process_then_resumes_and_reports_the_failure(tmp_path, data):
+    # A trains 24 iterations with a checkpoint every 4 and one data-loader worker (a grandchild
+    # process); B fails at once (a NUM_CLASSES that does not match the data).
+    suite = _write_suite(tmp_path / "t.yaml", [
+        {"label": "A", "config": FASTER, "opts": ["SOLVER.MAX_ITER", 24,
+                                                  "SOLVER.CHECKPOINT_PERIOD", 4,
+                                                  "DATALOADER.NUM_WORKERS", 1]},
+        {"label": "B", "config": FASTER, "opts": ["MODEL.ROI_HEADS.NUM_CLASSES", 3]},
+    ])
+    out = tmp_path / "out"
+    args = ["--suite", suite, "--out", out, "--quick", "--poll", "1"]
+    first = _Suite(args, data)
+    checkpoint = out / "runs" / "A" / "last_checkpoint"
+    first.wait_for(checkpoint.exists)
+    pids = first.pids()
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.finish(60) == 143, first.text[-3000:]
+    assert "Run the same command again to continue" in first.text
+    assert set(pids) <= {"A", "B"} and "A" in pids
+    for pid in pids.values():
+        assert _gone(pid) and _group_members(pid) == [], first.text[-3000:]
+    stopped_at = checkpoint.read_text().strip()  # e.g. model_0000003.pth
+    assert (out / "runs" / "A" / "final_results.json").exists() is False
+
+    second = _Suite(args, data)
+    assert second.finish() == 1, second.text[-3000:]  # 1: a run failed
+    assert f"A: resuming from {stopped_at}" in second.text
+    log = (out / "runs" / "A" / "train_log.txt").read_text()
+    starts = [int(ln.rsplit(" ", 1)[1]) for ln in log.splitlines()
+              if "Starting training from iteration" in ln]
+    assert starts == [0, int(stopped_at[6:13]) + 1]  # the second session went on from there
+
+    rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    a, b = rows["A"], rows["B"]
+    assert a["status"] == "ok" and a["runs"][0]["resumed_from"] == stopped_at
+    assert a["AP50"] is not None and a["num_seeds"] == 1
+    assert b["status"] == "failed" and b["num_seeds"] == 0 and b["AP"] is None
+    (run_b,) = b["runs"]
+    assert run_b["returncode"] == 1 and run_b["reason"] == "exit 1"
+    assert "MODEL.ROI_HEADS.NUM_CLASSES" in run_b["log_tail"]
+    md = (out / "results.md").read_text()
+    assert "| B — FAILED | - | - |" in md
+    assert "Failed runs:" in md and "MODEL.ROI_HEADS.NUM_CLASSES" in md.split("Failed runs:")[1]
+
+
+@pytest.mark.slow
+def test_ctrl_c_terminates_the_training(tmp_path, data):
+    suite = _write_suite(tmp_path / "t.yaml", [
+        {"label": "long", "config": FASTER, "opts": ["SOLVER.MAX_ITER", 100000]},
+    ], jobs=1)
+    run = _Suite(["--suite", suite, "--out", tmp_path / "out", "--quick", "--poll", "1"], data)
+    run.wait_for(lambda: "long" in run.pids())
+    pid = run.pids()["long"]
+    time.sleep(1.0)
+    assert not _gone(pid)
+    run.proc.send_signal(signal.SIGINT)
+    assert run.finish(60) == 130, run.text[-3000:]
+    assert _gone(pid) and _group_members(pid) == []
+
+
+def test_exception_in_the_suite_terminates_the_training(tmp_path):
+    suite = suite_of_configs([ROOT / FASTER], ROOT)
+    opts = ["OUTPUT_DIR", str(tmp_path / "run"), "SOLVER.MAX_ITER", "100000"]
+    (run,) = plan_runs(suite, ROOT, extra_opts=opts)["faster_rcnn_R18_FPN_scratch"]
+    started = []
+
+    def echo(line):
+        if "(pid " in line:
+            started.append(int(line.split("(pid ", 1)[1].split(")")[0]))
+            raise RuntimeError("a bug in the suite")
+
+    with pytest.raises(RuntimeError, match="a bug in the suite"):
+        execute([run], 1, ROOT, echo=echo, poll_s=0.5)
+    (pid,) = started
+    assert _gone(pid) and _group_members(pid) == []
+
+
+def _results(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True)
+    payload = {"results": {"bbox": {"AP": 1.0}}, "speed": {"train_s_per_iter": 0.1}}
+    (run_dir / "final_results.json").write_text(json.dumps(payload))
+
+
+def test_lock_refuses_a_second_suite_and_takes_over_a_dead_ones(tmp_path):
+    _results(tmp_path / "run")
+    out = tmp_path / "out"
+    argv = [str(ROOT / FASTER), "--out", str(out), "--opts", "OUTPUT_DIR", str(tmp_path / "run")]
+    holder = DirLock(out, "suite.lock").acquire()  # another suite on the same folder
+    with pytest.raises(SystemExit) as refused:
+        main(argv, root=ROOT)
+    message = str(refused.value)
+    assert f"{out} is in use by another suite: PID {os.getpid()}" in message
+    assert "refusing to start" in message and not (out / "results.md").exists()
+    holder.release()
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (out / "suite.lock").write_text(json.dumps({"pid": dead.pid, "host": "here"}))  # stale
+    assert main(argv, root=ROOT) == 0
+    assert (out / "results.md").exists()
+    assert DirLock(out, "suite.lock").try_acquire() is None  # released at the end
