@@ -98,4 +98,5 @@ def test_one_seed_note_cites_the_measured_spread():
     note = noise_note(headline, ())
     assert "ONE training" in note and "noise" in note
     assert "AP 19.1, 12.5 with seeds 42, 1 (std 4.7" in note  # |19.1 - 12.5| / sqrt(2)
-    assert "std" in noise_note(headline, (1, 2)) and "paired by seed" in noise_note(headline, (1, 2))
+    several = noise_note(headline, (1, 2))
+    assert "mean ± sample std over seeds [1, 2]" in several and "paired by seed" in several

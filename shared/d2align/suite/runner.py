@@ -292,10 +292,9 @@ class _Scheduler:
         ]
         eta = overall_eta(remaining, estimates, self.jobs)
         bound = "" if None not in remaining + estimates else ">= "
+        shown = "?" if not eta and bound else bound + format_seconds(eta)  # "?": none measured
         todo = f"{len(self.pending)} pending, " if self.pending else ""
-        parts.append(
-            f"overall ETA {bound}{format_seconds(eta)} ({todo}{len(self.running)} running)"
-        )
+        parts.append(f"overall ETA {shown} ({todo}{len(self.running)} running)")
         return f"[suite {format_seconds(time.time() - self.start)}] " + " | ".join(parts)
 
 

@@ -10,6 +10,7 @@ mixed up.
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -90,12 +91,18 @@ class Run:
         return cmd + list(self.opts)
 
     def stamp(self, root: Path) -> dict:
-        """What the run is: its config (relative to the checkout when inside it) and opts."""
-        try:
-            config = str(self.config.relative_to(root.resolve()))
-        except ValueError:
-            config = str(self.config)
-        return {"config": config, "opts": list(self.opts), "eval_only": self.eval_only}
+        """What the run is: its config and opts, with paths inside the checkout relative to it
+        (so that a moved checkout still recognises its runs)."""
+        prefix = str(root.resolve()) + os.sep
+
+        def rel(text: str) -> str:
+            return text[len(prefix) :] if text.startswith(prefix) else text
+
+        return {
+            "config": rel(str(self.config)),
+            "opts": [rel(o) for o in self.opts],
+            "eval_only": self.eval_only,
+        }
 
     def recorded_stamp(self) -> Optional[dict]:
         try:
