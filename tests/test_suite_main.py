@@ -1,6 +1,7 @@
 """The README's main command, `bash scripts/main.sh`, in its quick mode, for real: the headline
 suite's trainings and evaluation, the table with differences to each baseline, the noise note,
 the figures and the measured wall time."""
+
 import json
 import os
 import re

@@ -1,6 +1,7 @@
 """The suite's report: diagnostics of a detector's final detections (hand-worked), values that
 are missing / None / NaN shown as "-" and null, progress parsing and the overall ETA, and the
 one-seed noise note."""
+
 import json
 import math
 from pathlib import Path
@@ -9,8 +10,14 @@ import numpy as np
 import pytest
 
 from d2align.diagnostics import coco_results_misalignment
-from d2align.suite import aggregate, load_suite, markdown_table, overall_eta, read_progress
-from d2align.suite import summarize
+from d2align.suite import (
+    aggregate,
+    load_suite,
+    markdown_table,
+    overall_eta,
+    read_progress,
+    summarize,
+)
 from d2align.suite.cli import noise_note
 from d2align.suite.report import write_json
 
@@ -51,8 +58,10 @@ def test_coco_results_misalignment_matches_class_by_class_and_ignores_crowd(tmp_
 
 
 def test_missing_none_and_nan_values_read_as_dash_and_null(tmp_path):
-    payload = {"results": {"bbox": {"AP": 10.0, "AP50": None, "AP60": float("nan")}},
-               "speed": {"train_s_per_iter": None}}
+    payload = {
+        "results": {"bbox": {"AP": 10.0, "AP50": None, "AP60": float("nan")}},
+        "speed": {"train_s_per_iter": None},
+    }
     row = summarize("x", payload)
     assert row["AP"] == 10.0 and row["AP50"] is None and row["AP60"] is None
     assert row["AP90"] is None and row["train_s_per_iter"] is None

@@ -1,6 +1,7 @@
 """The suite runner: a killed suite leaves no process and resumes from the checkpoint; a failed
 run is reported while the others finish; Ctrl-C and exceptions terminate the trainings; the
 output folder's lock refuses a second suite and takes over a dead one's."""
+
 import json
 import os
 import signal
@@ -99,12 +100,24 @@ def _write_suite(path: Path, runs, jobs: int = 2) -> Path:
 def test_killed_suite_leaves_no_process_then_resumes_and_reports_the_failure(tmp_path, data):
     # A trains 24 iterations with a checkpoint every 4 and one data-loader worker (a grandchild
     # process); B fails at once (a NUM_CLASSES that does not match the data).
-    suite = _write_suite(tmp_path / "t.yaml", [
-        {"label": "A", "config": FASTER, "opts": ["SOLVER.MAX_ITER", 24,
-                                                  "SOLVER.CHECKPOINT_PERIOD", 4,
-                                                  "DATALOADER.NUM_WORKERS", 1]},
-        {"label": "B", "config": FASTER, "opts": ["MODEL.ROI_HEADS.NUM_CLASSES", 3]},
-    ])
+    suite = _write_suite(
+        tmp_path / "t.yaml",
+        [
+            {
+                "label": "A",
+                "config": FASTER,
+                "opts": [
+                    "SOLVER.MAX_ITER",
+                    24,
+                    "SOLVER.CHECKPOINT_PERIOD",
+                    4,
+                    "DATALOADER.NUM_WORKERS",
+                    1,
+                ],
+            },
+            {"label": "B", "config": FASTER, "opts": ["MODEL.ROI_HEADS.NUM_CLASSES", 3]},
+        ],
+    )
     out = tmp_path / "out"
     args = ["--suite", suite, "--out", out, "--quick", "--poll", "1"]
     first = _Suite(args, data)
@@ -124,8 +137,11 @@ def test_killed_suite_leaves_no_process_then_resumes_and_reports_the_failure(tmp
     assert second.finish() == 1, second.text[-3000:]  # 1: a run failed
     assert f"A: resuming from {stopped_at}" in second.text
     log = (out / "runs" / "A" / "train_log.txt").read_text()
-    starts = [int(ln.rsplit(" ", 1)[1]) for ln in log.splitlines()
-              if "Starting training from iteration" in ln]
+    starts = [
+        int(ln.rsplit(" ", 1)[1])
+        for ln in log.splitlines()
+        if "Starting training from iteration" in ln
+    ]
     assert starts == [0, int(stopped_at[6:13]) + 1]  # the second session went on from there
 
     rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
@@ -143,9 +159,13 @@ def test_killed_suite_leaves_no_process_then_resumes_and_reports_the_failure(tmp
 
 @pytest.mark.slow
 def test_ctrl_c_terminates_the_training(tmp_path, data):
-    suite = _write_suite(tmp_path / "t.yaml", [
-        {"label": "long", "config": FASTER, "opts": ["SOLVER.MAX_ITER", 100000]},
-    ], jobs=1)
+    suite = _write_suite(
+        tmp_path / "t.yaml",
+        [
+            {"label": "long", "config": FASTER, "opts": ["SOLVER.MAX_ITER", 100000]},
+        ],
+        jobs=1,
+    )
     run = _Suite(["--suite", suite, "--out", tmp_path / "out", "--quick", "--poll", "1"], data)
     run.wait_for(lambda: "long" in run.pids())
     pid = run.pids()["long"]

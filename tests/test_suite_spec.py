@@ -1,4 +1,5 @@
 """Suite files: the shipped suites parse and plan; mistakes are refused naming file and entry."""
+
 from pathlib import Path
 
 import pytest
@@ -98,8 +99,10 @@ def test_bad_suite_files_are_refused_naming_the_file_and_the_entry(tmp_path, cha
 
 
 def test_two_runs_into_one_folder_are_refused(tmp_path):
-    data = {"name": "t", "runs": [{"config": FASTER, "label": "A"},
-                                  {"config": FASTER, "label": "B"}]}  # both the config's dir
+    data = {
+        "name": "t",
+        "runs": [{"config": FASTER, "label": "A"}, {"config": FASTER, "label": "B"}],
+    }  # both the config's dir
     suite = load_suite(_suite_file(tmp_path, data), ROOT)
     with pytest.raises(ValueError, match="runs 'A' and 'B' would both write into"):
         plan_runs(suite, ROOT)

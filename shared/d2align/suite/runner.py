@@ -20,6 +20,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -101,8 +102,8 @@ def _stop_on_signals():
     def handler(signum, frame):
         raise SuiteStopped(signum)
 
-    if sys.platform == "win32" or not _in_main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread
         return
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -110,12 +111,6 @@ def _stop_on_signals():
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def _tail(log: Path, lines: int = TAIL_LINES) -> str:
