@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .runs import slug
 from .summary import POSITIVE_COLUMNS
 
 __all__ = [
@@ -217,8 +218,7 @@ def copy_figures(run_figures: Dict[str, Optional[str]], folder: Path) -> Dict[st
     out = {}
     for name, figure in run_figures.items():
         if figure and Path(figure).is_file():
-            slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-            target = folder / f"{slug}.png"
+            target = folder / f"{slug(name)}.png"
             folder.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(figure, target)
             out[name] = str(target)

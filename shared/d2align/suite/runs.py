@@ -23,6 +23,7 @@ __all__ = [
     "check_output_dirs",
     "plan_runs",
     "runs_of",
+    "slug",
     "train_script_for",
 ]
 
@@ -166,7 +167,8 @@ def runs_of(
     return runs
 
 
-def _slug(label: str) -> str:
+def slug(label: str) -> str:
+    """`label` as a file name: other characters than letters, digits, "-_." become "_"."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label).strip("_") or "run"
 
 
@@ -198,7 +200,7 @@ def plan_runs(
     planned: Dict[str, List[Run]] = {}
     for entry in suite.runs:
         opts = tuple(first_opts) + suite.opts + entry.opts + tuple(extra_opts)
-        out = runs_dir / _slug(entry.label) if runs_dir is not None else None
+        out = runs_dir / slug(entry.label) if runs_dir is not None else None
         planned[entry.label] = runs_of(entry.config, opts, seeds, root, entry.label, out)
     for entry in suite.runs:
         if entry.weights_from:
