@@ -1,7 +1,8 @@
 """d2align.modeling: modeling pieces shared by the projects (ROI heads with the shared box
-pooler and box predictor registry, IoU heads and their targets and loss, inference) and the
-RetinaNet base with overridable assignment, losses and NMS."""
+pooler and box predictor registry, the offset bin coder, IoU heads and their targets and loss,
+inference) and the RetinaNet base with overridable assignment, losses and NMS."""
 
+from .bin_coder import OffsetBinCoder
 from .box_predictor import BOX_PREDICTOR_REGISTRY, build_box_predictor
 from .cascade_rcnn import D2AlignCascadeROIHeads
 from .iou_head import ROI_IOU_HEAD_REGISTRY, FCIoUHead, build_iou_head
@@ -21,6 +22,7 @@ from .roi_heads_base import D2AlignStandardROIHeads, per_class_candidates
 __all__ = [
     "BOX_PREDICTOR_REGISTRY",
     "build_box_predictor",
+    "OffsetBinCoder",
     "build_box_pooler",
     "build_roi_box_pooler",
     "D2AlignStandardROIHeads",
