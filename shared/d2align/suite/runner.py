@@ -97,15 +97,19 @@ def _child_setup() -> None:  # pragma: no cover - runs in the child, between for
 
 @contextlib.contextmanager
 def _stop_on_signals():
-    """Turn SIGTERM / SIGHUP into `SuiteStopped` (SIGINT is already KeyboardInterrupt)."""
+    """Turn SIGTERM / SIGHUP into `SuiteStopped` and SIGINT into KeyboardInterrupt. SIGINT is
+    set explicitly: a process started in the background by a non-interactive shell inherits
+    SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own."""
 
     def handler(signum, frame):
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise SuiteStopped(signum)
 
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set in the main thread
         return
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
