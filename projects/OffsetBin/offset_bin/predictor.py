@@ -84,7 +84,8 @@ class OffsetBinOutputLayers(FastRCNNOutputLayers):
 
     def _bin_logits(self, bin_logits: Tensor) -> Tensor:
         """(R, C * 4 * N) -> (R, C, 4, N)."""
-        return bin_logits.view(bin_logits.shape[0], -1, 4, self.bin_coder.total_bins)
+        bins = self.bin_coder.total_bins
+        return bin_logits.view(bin_logits.shape[0], bin_logits.shape[1] // (4 * bins), 4, bins)
 
     def decode_deltas(self, bin_logits: Tensor) -> Tensor:
         """Box deltas of the bin logits (eq. 10 / 11).

@@ -63,6 +63,7 @@ def test_registered_and_sized_per_class_or_class_agnostic():
     scores, logits = per_class(torch.randn(5, FEATURES))
     assert scores.shape == (5, 4) and logits.shape == (5, 480)
     assert per_class.decode_deltas(logits).shape == (5, 12)
+    assert per_class.decode_deltas(logits[:0]).shape == (0, 12)  # no proposals
 
 
 # proposal (0, 0, 10, 10) and a ground truth whose deltas (weights 1) are (0.3, -2, 0.99, -0.2)
