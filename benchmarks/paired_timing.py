@@ -1,0 +1,93 @@
+"""Paired timing of detectors on the same batches, shared by the `bench_*.py` scripts.
+
+Several models built from CPU shapes configs are timed on the same training batches,
+alternating between them inside every iteration so that a change of machine load hits all of
+them alike: one training iteration (forward, backward, SGD step with lr 0, so that the weights
+stay put) and inference (seconds per image, model forward only). Medians are reported, and
+ratios against a reference model of the same run.
+"""
+
+import copy
+import itertools
+import statistics
+import time
+from typing import Dict, List, Sequence
+
+import torch
+from detectron2.data import build_detection_train_loader
+from detectron2.utils.events import EventStorage
+
+__all__ = ["train_step_seconds", "inference_seconds_per_image", "time_models", "print_ratios"]
+
+
+def train_step_seconds(model: torch.nn.Module, optimizer, batch: List[dict]) -> float:
+    """Wall time of one forward + backward + optimizer step of `model` on `batch`."""
+    start = time.perf_counter()
+    losses = model(batch)
+    optimizer.zero_grad()
+    sum(losses.values()).backward()
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def inference_seconds_per_image(model: torch.nn.Module, batch: List[dict]) -> float:
+    """Wall time of `model`'s inference on the images of `batch`, divided by their number."""
+    images = [{"image": x["image"], "height": x["height"], "width": x["width"]} for x in batch]
+    start = time.perf_counter()
+    with torch.no_grad():
+        model(images)
+    return (time.perf_counter() - start) / len(images)
+
+
+def time_models(
+    models: Dict[str, torch.nn.Module], cfg, iters: int, warmup: int
+) -> Dict[str, Dict[str, float]]:
+    """Median training s/iter and inference s/image of every model on the same batches.
+
+    Args:
+        models: name -> model (in training mode or not: both modes are set here).
+        cfg: the config whose training loader yields the batches (its SOLVER.IMS_PER_BATCH).
+        iters: timed iterations; warmup: untimed iterations before them.
+
+    Returns:
+        name -> {"train": s/iter, "inference": s/image} (medians).
+    """
+    optimizers = {
+        name: torch.optim.SGD(m.parameters(), lr=0.0, momentum=0.9) for name, m in models.items()
+    }
+    loader = build_detection_train_loader(cfg)
+    batches = [copy.deepcopy(b) for b in itertools.islice(loader, warmup + iters)]
+    train = {name: [] for name in models}
+    infer = {name: [] for name in models}
+    with EventStorage():
+        for i, batch in enumerate(batches):
+            for name, model in models.items():
+                model.train()
+                step = train_step_seconds(model, optimizers[name], batch)
+                model.eval()
+                per_image = inference_seconds_per_image(model, batch)
+                if i >= warmup:
+                    train[name].append(step)
+                    infer[name].append(per_image)
+    return {
+        name: {"train": statistics.median(train[name]), "inference": statistics.median(infer[name])}
+        for name in models
+    }
+
+
+def print_ratios(
+    timings: Dict[str, Dict[str, float]], pairs: Sequence[Sequence[str]], goals: Dict[str, str]
+) -> None:
+    """Print every model's medians, then `method / reference` for each (method, reference)
+    pair, with the goal of each measure (e.g. {"train": "<= 1.1x"}) next to it."""
+    for name, t in timings.items():
+        print(
+            f"  {name:34s} train {t['train']:.4f} s/iter   inference {t['inference']:.4f} s/image"
+        )
+    for method, reference in pairs:
+        parts = []
+        for measure in ("train", "inference"):
+            ratio = timings[method][measure] / timings[reference][measure]
+            goal = f" (goal {goals[measure]})" if measure in goals else ""
+            parts.append(f"{measure} {ratio:.3f}x{goal}")
+        print(f"ratio {method} / {reference}: " + ", ".join(parts))
