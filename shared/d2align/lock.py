@@ -1,4 +1,7 @@
-"""A lock file naming its holder, so that two suites never write into one folder at once.
+"""A lock file naming its holder, so that two processes never write into one folder at once.
+
+Used by the suites (`<out>/suite.lock`, a run's `suite_run.lock`) and by every training or
+evaluation (`OUTPUT_DIR/train.lock`, see `d2align.engine.launcher`).
 
 The lock is `fcntl.flock` on `<folder>/<name>`, held for the holder's life: the kernel drops it
 when the holder exits, however it exits (even SIGKILL), so a lock left by a dead process is
@@ -32,7 +35,7 @@ class DirLock:
     Args:
         folder: the folder to lock (created if missing).
         name: the lock file's name.
-        what: what holds it, for the messages (e.g. "suite").
+        what: what holds it, for the messages (e.g. "suite", "training").
     """
 
     def __init__(self, folder: Path, name: str = "suite.lock", what: str = "suite"):

@@ -23,6 +23,16 @@ def add_d2align_config(cfg: CN) -> None:
     # Write `final_results.json` (AP columns, train s/iter, inference s/image) into OUTPUT_DIR
     # after the last evaluation; read by tools/compare.py.
     cfg.D2ALIGN.WRITE_RESULTS = True
+    # Loading MODEL.WEIGHTS (d2align.checkpoint.D2AlignCheckpointer) is refused when fewer than
+    # this fraction (in [0, 1]) of the model's weights (state_dict entries) are found in the
+    # checkpoint with the right shape. TRAIN: initialising a training; 0.5 accepts a
+    # backbone-only checkpoint (an ImageNet ResNet-50 holds ~90% of a Faster R-CNN R-50-FPN's
+    # entries) and refuses a file that matches (almost) nothing. EVAL: --eval-only and --resume,
+    # where every weight must come from the checkpoint (a head left at its initialisation
+    # evaluates to AP 0). 0 loads any checkpoint, partially, on purpose.
+    cfg.D2ALIGN.CHECKPOINT = CN()
+    cfg.D2ALIGN.CHECKPOINT.MIN_MATCHED_FRACTION_TRAIN = 0.5
+    cfg.D2ALIGN.CHECKPOINT.MIN_MATCHED_FRACTION_EVAL = 1.0
 
     # Keys of the shared modeling pieces (d2align.modeling), beside detectron2's own nodes.
     # The box predictor of the d2align ROI heads (BOX_PREDICTOR_REGISTRY); the default is

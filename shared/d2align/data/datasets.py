@@ -6,7 +6,14 @@ and the record, e.g.::
 
     data/train.json: annotations[12] (id=57, image_id=3): bbox [1, 2, 0, 5] has non-positive width
 
-instead of an assertion deep inside a data loader worker. Boxes are COCO XYWH in absolute
+instead of an assertion deep inside a data loader worker. Image files are checked too (see
+`image_check.image_file_problem`: empty, not an image, truncated, or of another size than the
+JSON says), e.g.::
+
+    data/train.json: images[3] (id=4, file_name='b.jpg'): image file data/img/b.jpg is truncated
+    (a JPEG file without its end marker)
+
+Boxes are COCO XYWH in absolute
 pixels. `register_coco_instances_checked` makes any such JSON with its image folder usable by
 name, and `register_shapes_datasets` registers the embedded splits ("d2align_shapes_train",
 "d2align_shapes_val"), which are generated when first loaded.
@@ -24,6 +31,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from iopath.common.file_io import file_lock
 
+from .image_check import image_file_problem
 from .synthetic import CLASS_NAMES, SPLITS, ShapesSpec, generate_split, split_is_current
 
 __all__ = [
@@ -108,11 +116,14 @@ def _check_annotation(ann: Dict, image: Optional[Dict], category_ids) -> Optiona
     return None
 
 
-def validate_coco_dict(data, json_file: str, image_root: Optional[str] = None) -> None:
+def validate_coco_dict(
+    data, json_file: str, image_root: Optional[str] = None, check_images: bool = True
+) -> None:
     """Check a parsed COCO instances JSON; raise ValueError naming `json_file` and the record.
 
     Checks: the three lists and their required keys; unique ids; images with positive integer
-    sizes (and, if `image_root` is given, an existing file); each annotation's image id and
+    sizes (and, if `image_root` is given, an existing file, which with `check_images` must be
+    a complete image of that size: `image_file_problem`); each annotation's image id and
     category id declared; bbox of 4 finite numbers with w > 0 and h > 0, touching its image;
     area >= 0; iscrowd in {0, 1}; segmentation, if any, as valid polygons or RLE of the image
     size. Images without annotations are valid.
@@ -144,9 +155,14 @@ def validate_coco_dict(data, json_file: str, image_root: Optional[str] = None) -
     for i, img in enumerate(data["images"]):
         if not all(_is_int(img[k]) and img[k] > 0 for k in ("height", "width")):
             fail(_where("images", i, img), "height and width must be positive integers")
-        path = os.path.join(image_root or "", str(img["file_name"]))
-        if image_root is not None and not os.path.isfile(path):
-            fail(_where("images", i, img), f"image file {path} not found")
+        if image_root is not None:
+            path = os.path.join(image_root, str(img["file_name"]))
+            if check_images:
+                problem = image_file_problem(path, img["width"], img["height"])
+            else:
+                problem = None if os.path.isfile(path) else "not found"
+            if problem:
+                fail(_where("images", i, img), f"image file {path} {problem}")
         images[img["id"]] = img
     category_ids = {c["id"] for c in data["categories"]}
     for i, ann in enumerate(data["annotations"]):
@@ -155,23 +171,24 @@ def validate_coco_dict(data, json_file: str, image_root: Optional[str] = None) -
             fail(_where("annotations", i, ann), problem)
 
 
-def _read_checked(json_file: str, image_root: Optional[str]) -> Dict:
+def _read_checked(json_file: str, image_root: Optional[str], check_images: bool = True) -> Dict:
     try:
         with open(json_file) as f:
             data = json.load(f)
     except (OSError, ValueError) as e:
         raise ValueError(f"{json_file}: cannot read a COCO JSON file: {e}") from e
-    validate_coco_dict(data, json_file, image_root)
+    validate_coco_dict(data, json_file, image_root, check_images)
     return data
 
 
 def load_coco_json_checked(
-    json_file: str, image_root: str, dataset_name: Optional[str] = None
+    json_file: str, image_root: str, dataset_name: Optional[str] = None, check_images: bool = True
 ) -> List[Dict]:
-    """Validate `json_file` (see `validate_coco_dict`, image files included), then load it with
-    detectron2's `load_coco_json` into detectron2's dataset-dict format (boxes XYWH_ABS; category
-    ids mapped to contiguous [0, K) when `dataset_name` is given, as detectron2 does)."""
-    _read_checked(json_file, image_root)
+    """Validate `json_file` (see `validate_coco_dict`, image files included unless
+    `check_images` is False: then only their existence), then load it with detectron2's
+    `load_coco_json` into detectron2's dataset-dict format (boxes XYWH_ABS; category ids mapped
+    to contiguous [0, K) when `dataset_name` is given, as detectron2 does)."""
+    _read_checked(json_file, image_root, check_images)
     return load_coco_json(json_file, image_root, dataset_name)
 
 
@@ -228,9 +245,11 @@ def ensure_shapes_split(
 ) -> Tuple[str, str]:
     """Make sure `root` holds `split` generated from `spec`; generate it if not (or if `force`).
 
-    A split is regenerated when it is missing, incomplete, or was made from another spec or
-    generator version. Generation holds a file lock in `root`, so concurrent callers (several
-    processes of one job) generate once. When the split is current this checks two small files.
+    A split is regenerated when it is missing, incomplete, was made from another spec or
+    generator version, or has an image file that is missing or corrupted (empty, truncated, not
+    an image, another size: `image_file_problem`; a warning names it). Generation holds a file
+    lock in `root`, so concurrent callers (several processes of one job) generate once. When
+    the split is current this reads its JSON and the header and end of each image.
 
     Args:
         split: "train" or "val".
@@ -245,13 +264,27 @@ def ensure_shapes_split(
     root = os.path.abspath(root or default_shapes_root())
     spec = spec or ShapesSpec()
     spec.num_images(split)  # rejects an unknown split
-    if force or not split_is_current(spec, split, root):
+    json_file = os.path.join(root, "annotations", f"{split}.json")
+    image_root = os.path.join(root, split)
+
+    def needs_generation(warn: bool) -> bool:
+        if force or not split_is_current(spec, split, root):
+            return True
+        try:
+            _read_checked(json_file, image_root)
+        except ValueError as e:
+            if warn:
+                logger.warning(f"{e}; regenerating the '{split}' split of the shapes dataset")
+            return True
+        return False
+
+    if needs_generation(warn=True):
         os.makedirs(root, exist_ok=True)
         with file_lock(os.path.join(root, "generate")):
-            if force or not split_is_current(spec, split, root):
+            if needs_generation(warn=False):  # another process may have just made it
                 logger.info(f"Generating the '{split}' split of the shapes dataset in {root}")
                 generate_split(spec, split, root, num_workers=num_workers)
-    return os.path.join(root, "annotations", f"{split}.json"), os.path.join(root, split)
+    return json_file, image_root
 
 
 def register_shapes_datasets(
@@ -280,7 +313,8 @@ def register_shapes_datasets(
 
     def load(split: str, name: str) -> List[Dict]:
         json_file, image_root = ensure_shapes_split(split, root, spec, num_workers)
-        return load_coco_json_checked(json_file, image_root, name)
+        # ensure_shapes_split has just checked the images (or made them)
+        return load_coco_json_checked(json_file, image_root, name, check_images=False)
 
     for split, name in SHAPES_DATASETS.items():
         _register(

@@ -9,23 +9,30 @@ A project's train_net.py is::
         launch_from_command_line(config_hooks=[add_<name>_config])
 
 `--config-file`, `--eval-only`, `--resume`, `--num-gpus` and trailing `KEY VALUE` overrides
-behave as in detectron2.
+behave as in detectron2. Besides, a run holds `OUTPUT_DIR/train.lock` for its whole life (a
+second run on the same OUTPUT_DIR is refused, naming the holder's PID; the lock of a dead
+process is taken over), weights are loaded with `D2AlignCheckpointer` (no code runs from a
+weights file; a checkpoint that does not fit the model is refused), and `final_results.json`
+holds null, never NaN, where a value is undefined.
 """
 
+import contextlib
 import json
 import logging
+import math
 import os
 from typing import Callable, Iterable, Optional, Type
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from ..config import add_d2align_config
+from ..checkpoint import D2AlignCheckpointer
+from ..config import add_d2align_config, check_common_config
 from ..data.from_config import register_data_from_config
+from ..lock import DirLock
 from .trainer import Trainer
 
 ConfigHook = Callable[[CfgNode], None]
@@ -55,6 +62,7 @@ def load_config(
     """`build_config`, then register the datasets the config names, then freeze it: the config
     a command (training, evaluation, diagnostics, benchmark) runs with."""
     cfg = build_config(config_file, opts, config_hooks)
+    check_common_config(cfg)
     register_data_from_config(cfg)
     cfg.freeze()
     return cfg
@@ -67,26 +75,73 @@ def setup(args, config_hooks: Iterable[ConfigHook] = ()) -> CfgNode:
     return cfg
 
 
+RUN_LOCK = "train.lock"
+
+
+@contextlib.contextmanager
+def output_dir_lock(cfg: CfgNode):
+    """Hold `OUTPUT_DIR/train.lock` (main process only) while the block runs.
+
+    Raises:
+        d2align.lock.LockHeld: another training or evaluation holds it (the message names the
+            folder and the holder's PID, host, start time and command).
+    """
+    if not comm.is_main_process():
+        yield
+        return
+    with DirLock(cfg.OUTPUT_DIR, RUN_LOCK, "training or evaluation"):
+        yield
+
+
+def _finite_or_none(value):
+    """`value` with every NaN / inf replaced by None (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_final_results(
     cfg: CfgNode, config_file: str, results: dict, train_s_per_iter: float
 ) -> str:
-    """Write OUTPUT_DIR/final_results.json: the evaluation results plus train s/iter."""
+    """Write OUTPUT_DIR/final_results.json: the evaluation results plus train s/iter.
+
+    Undefined values (NaN: the AP of a test set without ground truth, the train s/iter of an
+    evaluation) are written as null, and "notes" says why when the AP columns are.
+    """
     path = os.path.join(cfg.OUTPUT_DIR, "final_results.json")
     payload = {"config_file": config_file, "results": results}
     payload["speed"] = dict(results.get("speed", {}), train_s_per_iter=train_s_per_iter)
+    payload = _finite_or_none(payload)
+    notes = [
+        f"{task} AP is null: the test set has no ground-truth annotation"
+        for task, values in payload["results"].items()
+        if task != "speed" and isinstance(values, dict) and values.get("AP", 0) is None
+    ]
+    if notes:
+        payload["notes"] = notes
     with open(path, "w") as f:
-        json.dump(payload, f, indent=2)
+        json.dump(payload, f, indent=2, allow_nan=False)
     return path
 
 
 def main(args, config_hooks: Iterable[ConfigHook] = (), trainer_cls: Type[Trainer] = Trainer):
     """Train (or with --eval-only, evaluate) one config; returns the evaluation results."""
-    cfg = setup(args, config_hooks)
+    cfg = load_config(args.config_file, args.opts, config_hooks)
+    with output_dir_lock(cfg):
+        default_setup(cfg, args)
+        return _run(cfg, args, trainer_cls)
+
+
+def _run(cfg: CfgNode, args, trainer_cls: Type[Trainer]):
     if args.eval_only:
         model = trainer_cls.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        D2AlignCheckpointer.from_config(
+            cfg, model, save_dir=cfg.OUTPUT_DIR, eval_only=True
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = trainer_cls.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

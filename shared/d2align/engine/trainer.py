@@ -7,7 +7,10 @@ It adds to detectron2's DefaultTrainer:
   * writers that skip TensorBoard when it is not installed;
   * a check that the model's number of classes matches the training set's;
   * the optimizer state in checkpoints (detectron2 v0.6 leaves it out), so `--resume`
-    continues with the same momentum.
+    continues with the same momentum; a checkpoint without it (written by detectron2 v0.6's
+    DefaultTrainer) resumes on detectron2 v0.6 and main alike;
+  * `D2AlignCheckpointer` for loading MODEL.WEIGHTS and resuming (no code runs from a weights
+    file; a checkpoint that does not fit the model is refused).
 Projects subclass it only when they need another data mapper or evaluator.
 """
 
@@ -16,10 +19,11 @@ import os
 import time
 
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, TrainerBase
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from torch import nn
 
+from ..checkpoint import D2AlignCheckpointer
 from ..evaluation import D2AlignCOCOEvaluator
 
 logger = logging.getLogger(__name__)
@@ -97,6 +101,16 @@ class Trainer(DefaultTrainer):
         logger.info(f"Inference: {timed.seconds_per_image():.4f} s/image (model forward only)")
         return results
 
+    def build_hooks(self):
+        """detectron2's hooks, after replacing the DetectionCheckpointer that DefaultTrainer has
+        just built by a `D2AlignCheckpointer` (same model, folder and trainer state), which
+        `resume_or_load` and the PeriodicCheckpointer hook then share."""
+        old = self.checkpointer
+        self.checkpointer = D2AlignCheckpointer.from_config(
+            self.cfg, old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
+        )
+        return super().build_hooks()
+
     def build_writers(self):
         os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
         writers = [
@@ -131,7 +145,9 @@ class Trainer(DefaultTrainer):
         return ret
 
     def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
+        # TrainerBase's (iteration, hooks), not DefaultTrainer's: on detectron2 main the latter
+        # also loads state_dict["_trainer"] and raises KeyError when it is missing.
+        TrainerBase.load_state_dict(self, state_dict)
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
         else:

@@ -54,11 +54,28 @@ class D2AlignCOCOEvaluator(COCOEvaluator):
     When the model made no prediction at all on a dataset that has ground truth, detectron2
     reports NaN; here every AP column is 0.0 instead (no detection means zero recall), with a
     warning, so that an untrained model reads as 0 in a results table rather than as missing.
+    A dataset without any ground-truth annotation has no AP: `evaluate` says so in a warning
+    naming the dataset and its file, and every AP column is NaN (null in final_results.json).
     """
 
     def __init__(self, dataset_name: str, *args, **kwargs):
         kwargs.setdefault("tasks", ("bbox",))
         super().__init__(dataset_name, *args, **kwargs)
+        self._dataset_name = dataset_name
+
+    def has_ground_truth(self) -> bool:
+        """Whether the dataset has at least one ground-truth annotation."""
+        return len(self._coco_api.getAnnIds()) > 0
+
+    def evaluate(self, img_ids=None):
+        if not self.has_ground_truth():
+            logger.warning(
+                f"Test set '{self._dataset_name}' ({self._metadata.get('json_file', '?')}) has no "
+                f"ground-truth annotation in its {len(self._coco_api.getImgIds())} images: AP "
+                "is undefined there (NaN in the table below, null in final_results.json). "
+                "Evaluate on a split with annotations."
+            )
+        return super().evaluate(img_ids)
 
     def _derive_coco_results(self, coco_eval, iou_type: str, class_names: Optional[list] = None):
         results = super()._derive_coco_results(coco_eval, iou_type, class_names=class_names)
@@ -66,7 +83,7 @@ class D2AlignCOCOEvaluator(COCOEvaluator):
             return results
         if coco_eval is None:
             extra = {f"AP{round(t * 100)}": float("nan") for t in AP_IOU_THRESHOLDS}
-            if len(self._coco_api.getAnnIds()) > 0:
+            if self.has_ground_truth():
                 logger.warning("No predictions: every AP column is reported as 0.")
                 results = {k: 0.0 for k in results if not k.startswith("AP-")}
                 extra = {k: 0.0 for k in extra}

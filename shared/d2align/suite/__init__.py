@@ -5,15 +5,15 @@
 * `spec`: suite files `configs/suites/<name>.yaml` (runs, labels, baselines, seeds, jobs);
 * `runs`: one `Run` per row and seed (command line, OUTPUT_DIR, what it was started with);
 * `runner`: the processes (jobs at a time, failures reported, resume, no orphans);
-* `lock`: the lock of an output folder naming its holder;
+* `d2align.lock`: the lock of an output folder naming its holder (shared with the trainings);
 * `progress`: iteration and ETA of each run and of the suite;
 * `summary`: parameter count and misalignment diagnostics of a finished run;
 * `report`: rows over seeds, differences to baselines, table, JSON and figures;
 * `quick`: the quick mode (small data, few iterations).
 """
 
+from ..lock import DirLock, LockHeld
 from .cli import main
-from .lock import DirLock, LockHeld
 from .progress import last_progress, overall_eta, read_progress
 from .report import aggregate, markdown_table, paired_differences, summarize
 from .runner import Outcome, SuiteStopped, execute

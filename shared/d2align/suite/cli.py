@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .lock import DirLock, LockHeld
+from ..lock import DirLock, LockHeld
 from .progress import format_seconds
 from .quick import quick_label, quick_opts
 from .report import (

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .lock import DirLock
+from ..lock import DirLock
 from .progress import format_seconds, overall_eta, read_progress
 from .runs import STAMP_FILE, Run
 

@@ -1,0 +1,65 @@
+"""A fast check that an image file can be decoded and has the size its annotation file says.
+
+Reading every pixel of a COCO-sized dataset at registration would take minutes; this reads the
+header (format, width, height, EXIF orientation, as detectron2's `read_image` applies it) and
+the last kilobyte, where a complete JPEG has its end-of-image marker and a complete PNG its
+IEND chunk. It catches the files that otherwise fail deep inside a data-loader worker with an
+error naming no file: a zero-byte file, a file that is not an image (e.g. HTML named `.jpg`),
+a truncated JPEG or PNG, and an image whose size differs from the JSON's width / height.
+"""
+
+import os
+from typing import Optional
+
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["image_file_problem"]
+
+_TAIL_BYTES = 1024
+# Formats whose end can be recognised: the marker a complete file has in its last bytes. In
+# JPEG entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so
+# FF D9 (end of image) cannot occur there.
+_END_MARKERS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND"}
+_EXIF_FORMATS = ("JPEG", "MPO")
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def image_file_problem(path: str, width: int, height: int) -> Optional[str]:
+    """What is wrong with the image file at `path`, or None if it looks complete and has the
+    expected size.
+
+    Args:
+        path (str): the image file.
+        width (int), height (int): its size in pixels according to the annotation file, after
+            EXIF orientation (as detectron2 reads it).
+
+    Returns:
+        None, or a phrase to put after the path, e.g. "is empty (0 bytes)", "is not an image
+        PIL can read", "is truncated (a JPEG without its end-of-image marker)",
+        "is 50x40 pixels but the annotation file says 60x40".
+    """
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return "not found"
+    if size == 0:
+        return "is empty (0 bytes)"
+    try:
+        with Image.open(path) as img:
+            fmt, (w, h) = img.format, img.size
+            # JPEG's EXIF sits in the header; PIL decodes a whole PNG to look for one
+            orientation = img.getexif().get(_EXIF_ORIENTATION) if fmt in _EXIF_FORMATS else None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        return f"is not an image PIL can read ({type(e).__name__}: {e})"
+    end = _END_MARKERS.get(fmt)
+    if end is not None:
+        with open(path, "rb") as f:
+            f.seek(max(0, size - _TAIL_BYTES))
+            if end not in f.read():
+                return f"is truncated (a {fmt} file without its end marker)"
+    if orientation in _TRANSPOSED:
+        w, h = h, w
+    if (w, h) != (width, height):
+        return f"is {w}x{h} pixels but the annotation file says {width}x{height}"
+    return None

@@ -1,0 +1,126 @@
+"""Issue 14, item 3: corrupt image files are refused at registration, naming the file and the
+record; the embedded dataset's cache regenerates a split whose images are corrupted."""
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from d2align.data import ShapesSpec, ensure_shapes_split, register_coco_instances_checked
+from d2align.data.image_check import image_file_problem
+
+W, H = 50, 40
+
+
+def _noise(size):
+    rng = np.random.default_rng(0)  # noise: an image body of a few kilobytes
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def _jpeg(path, size=(W, H)):
+    _noise(size).save(path, format="JPEG", quality=95)
+
+
+def _png(path, size=(W, H)):
+    _noise(size).save(path, format="PNG")
+
+
+def _cut(path, keep: float):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: int(len(data) * keep)])
+
+
+def _dataset(tmp_path, spoil):
+    """A COCO JSON with two images (a.jpg, b.png), b.png spoiled by `spoil(path)`."""
+    root = tmp_path / "images"
+    root.mkdir()
+    _jpeg(root / "a.jpg")
+    _png(root / "b.png")
+    spoil(root / "b.png")
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "a.jpg", "height": H, "width": W},
+            {"id": 2, "file_name": "b.png", "height": H, "width": W},
+        ],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    json_file = tmp_path / "ann.json"
+    json_file.write_text(json.dumps(coco))
+    return str(json_file), str(root)
+
+
+def _html(path):
+    path.write_text("<html><body>404 Not Found</body></html>")
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+def _truncated_png(path):
+    _cut(path, 0.6)
+
+
+def _other_size(path):
+    _png(path, size=(W + 10, H))
+
+
+def _truncated_jpeg_named_png(path):
+    _jpeg(path)
+    _cut(path, 0.5)
+
+
+@pytest.mark.parametrize(
+    "spoil, problem",
+    [
+        (_empty, r"is empty \(0 bytes\)"),
+        (_html, r"is not an image PIL can read \(UnidentifiedImageError"),
+        (_truncated_png, r"is truncated \(a PNG file without its end marker\)"),
+        (_truncated_jpeg_named_png, r"is truncated \(a JPEG file without its end marker\)"),
+        (_other_size, r"is 60x40 pixels but the annotation file says 50x40"),
+    ],
+)
+def test_corrupt_image_refused_at_registration(tmp_path, spoil, problem):
+    json_file, root = _dataset(tmp_path, spoil)
+    where = r"ann\.json: images\[1\] \(id=2, file_name='b\.png'\): image file .*b\.png "
+    with pytest.raises(ValueError, match=where + problem):
+        register_coco_instances_checked("d2align_h14_corrupt", json_file, root)
+
+
+def test_complete_images_pass(tmp_path):
+    json_file, root = _dataset(tmp_path, lambda path: None)
+    register_coco_instances_checked("d2align_h14_clean", json_file, root)  # must not raise
+    assert image_file_problem(os.path.join(root, "a.jpg"), W, H) is None
+
+
+def test_exif_rotated_jpeg_uses_the_oriented_size(tmp_path):
+    # detectron2's read_image applies the EXIF orientation: a 50x40 JPEG with orientation 6
+    # (rotated 90 degrees) is a 40x50 image for the annotations.
+    path = tmp_path / "rot.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((H, W, 3), dtype=np.uint8)).save(path, exif=exif)
+    assert image_file_problem(str(path), H, W) is None
+    assert "is 40x50 pixels" in image_file_problem(str(path), W, H)
+
+
+def test_embedded_cache_regenerates_a_corrupted_split(tmp_path, caplog):
+    spec = ShapesSpec(image_size=64, num_train=3, num_val=2, object_size=(8.0, 48.0))
+    root = str(tmp_path / "shapes")
+    json_file, image_root = ensure_shapes_split("val", root, spec, num_workers=1)
+    path = os.path.join(image_root, "000001.jpg")
+    original = open(path, "rb").read()
+    stamp = os.stat(os.path.join(image_root, "000000.jpg")).st_mtime_ns
+    ensure_shapes_split("val", root, spec, num_workers=1)  # current: nothing is rewritten
+    assert os.stat(os.path.join(image_root, "000000.jpg")).st_mtime_ns == stamp
+
+    _cut(path, 0.5)
+    caplog.set_level(logging.WARNING, logger="d2align")
+    ensure_shapes_split("val", root, spec, num_workers=1)
+    assert open(path, "rb").read() == original  # regenerated, identical (deterministic)
+    warned = [r.getMessage() for r in caplog.records if "regenerating" in r.getMessage()]
+    assert len(warned) == 1 and "000001.jpg is truncated" in warned[0]
