@@ -1,0 +1,285 @@
+"""CPM R-CNN end to end on tiny models: the cascade's stage selection, beta_j and the ISM target
+during training (decoding replaced by a known rule), zero-GT / tiny / degenerate boxes train
+without NaN, seeded regression values, losses falling over a few iterations, the grid head
+learning its heatmaps, and inference returning detections ranked by the fused score."""
+
+import os
+
+import pytest
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.utils.events import EventStorage
+
+import d2align.projects.cpm_rcnn.roi_heads as roi_heads_module
+from d2align.engine import build_config
+from d2align.projects.cpm_rcnn import (
+    CPMROIHeads,
+    GridHead,
+    add_cpm_rcnn_config,
+    decode_grid_heatmaps,
+    fused_score,
+    grid_heatmap_loss,
+    grid_heatmap_targets,
+)
+from d2align.testing import ROOT
+
+FULL = os.path.join(ROOT, "projects/CPMRCNN/configs/shapes/cpm_rcnn_R18_FPN_scratch.yaml")
+# random weights, narrow heads, few proposals
+TINY = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.FPN.OUT_CHANNELS", "32",
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64",
+    "MODEL.RPN.POST_NMS_TOPK_TEST", "16",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
+    "MODEL.CPM_RCNN.GRID_HEAD.NUM_CONVS", "2",
+    "MODEL.CPM_RCNN.GRID_HEAD.POINT_CHANNELS", "4",
+    "MODEL.ROI_IOU_HEAD.FC_DIMS", "[32, 32]",
+]  # fmt: skip
+ONE_STAGE = [
+    "MODEL.CPM_RCNN.NUM_STAGES", "1",
+    "MODEL.CPM_RCNN.MAPPING_RATIOS", "[2.0]",
+    "MODEL.CPM_RCNN.IOU_THRESHOLDS", "[0.5]",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _image(boxes, classes, generator):
+    target = Instances((64, 64))
+    target.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).view(-1, 4))
+    target.gt_classes = torch.tensor(classes, dtype=torch.int64)
+    return {"image": torch.rand(3, 64, 64, generator=generator) * 255, "instances": target}
+
+
+def _batch(*images):
+    generator = torch.Generator().manual_seed(0)
+    return [_image(boxes, classes, generator) for boxes, classes in images]
+
+
+TWO_OBJECTS = ([[8.0, 10.0, 40.0, 50.0], [30.0, 4.0, 60.0, 28.0]], [1, 4])
+ONE_OBJECT = ([[20.0, 20.0, 44.0, 36.0]], [2])
+NO_OBJECT = ([], [])
+
+
+def _model(opts=()):
+    torch.manual_seed(0)
+    model = build_model(build_config(FULL, TINY + list(opts), [add_cpm_rcnn_config]))
+    assert isinstance(model.roi_heads, CPMROIHeads)
+    return model
+
+
+def _losses(model, batch):
+    with EventStorage():
+        torch.manual_seed(1)
+        return model(batch)
+
+
+def test_stage_selection_beta_and_ism_target_in_training(monkeypatch):
+    """Decoding replaced by "move each RoI halfway to its best GT": the stages' RoIs are exactly
+    the previous boxes above each threshold, the losses are beta_j omega L_BCE, and the ISM
+    regresses the IoU of each final box with its GT."""
+    batch = _batch(TWO_OBJECTS, ONE_OBJECT)
+    all_gt = [b["instances"].gt_boxes.tensor for b in batch]
+    model = _model()
+    heads = model.roi_heads
+    assert heads.stage_weights == [1.0, 0.5, 0.25] and heads.iou_thresholds == [0.5, 0.6, 0.7]
+    calls = {"select": [], "decode": [], "bce": [], "ism": []}
+
+    select = roi_heads_module.select_stage_boxes
+
+    def spy_select(boxes, gt, threshold):
+        out = select(boxes, gt, threshold)
+        calls["select"].append((boxes.clone(), gt.clone(), threshold, out))
+        return out
+
+    def halfway_decode(logits, rois, ratio):
+        gt = torch.cat(all_gt)
+        best = pairwise_iou(Boxes(rois), Boxes(gt)).argmax(dim=1)
+        moved = 0.5 * (rois + gt[best])
+        calls["decode"].append((rois.clone(), moved))
+        return moved
+
+    def spy_bce(logits, targets):
+        loss = grid_heatmap_loss(logits, targets)
+        calls["bce"].append(loss.detach())
+        return loss
+
+    ism_loss = heads._ism_loss
+
+    def spy_ism(features, final):
+        calls["ism"].append(final)
+        return ism_loss(features, final)
+
+    monkeypatch.setattr(roi_heads_module, "select_stage_boxes", spy_select)
+    monkeypatch.setattr(roi_heads_module, "decode_grid_heatmaps", halfway_decode)
+    monkeypatch.setattr(roi_heads_module, "grid_heatmap_loss", spy_bce)
+    monkeypatch.setattr(heads, "_ism_loss", spy_ism)
+    losses = _losses(model, batch)
+
+    assert len(calls["select"]) == 3 * 2 and len(calls["decode"]) == 3  # stages x images
+    for j in range(3):
+        kept_rois = []
+        for i in range(2):
+            boxes, gt, threshold, (kept, matched, _) = calls["select"][2 * j + i]
+            assert threshold == [0.5, 0.6, 0.7][j]
+            iou = pairwise_iou(Boxes(boxes), Boxes(gt))
+            assert kept.tolist() == (iou.max(dim=1).values >= threshold).nonzero()[:, 0].tolist()
+            assert matched.tolist() == iou[kept].argmax(dim=1).tolist()
+            kept_rois.append(boxes[kept])
+            if j > 0:  # stage j's candidates are stage j-1's decoded boxes of that image
+                previous_rois, moved = calls["decode"][j - 1]
+                start = sum(len(calls["select"][2 * (j - 1) + k][3][0]) for k in range(i))
+                assert torch.allclose(boxes, moved[start : start + len(boxes)])
+        assert torch.equal(calls["decode"][j][0], torch.cat(kept_rois))
+        assert len(kept_rois[0]) + len(kept_rois[1]) > 0
+        expected = 15.0 * [1.0, 0.5, 0.25][j] * calls["bce"][j]
+        assert losses[f"loss_grid_stage{j + 1}"].item() == pytest.approx(expected.item())
+    # ISM: the final boxes are the last stage's decoded boxes, the target their IoU with the GT
+    (final,) = calls["ism"]
+    final_boxes = torch.cat([f.proposal_boxes.tensor for f in final])
+    assert torch.allclose(final_boxes, calls["decode"][2][1])
+    gt = torch.cat(all_gt)
+    expected_iou = pairwise_iou(Boxes(final_boxes), Boxes(gt)).max(dim=1).values
+    assert torch.allclose(torch.cat([f.gt_ious for f in final]), expected_iou)
+    assert (expected_iou > 0.85).all()  # three halvings of the distance to the GT
+
+
+def test_zero_gt_tiny_and_degenerate_boxes_train_without_nan():
+    tiny = ([[30.0, 30.0, 33.0, 32.0], [10.0, 10.0, 10.0, 20.0]], [0, 3])  # 3x2 px, zero width
+    for batch in (_batch(NO_OBJECT, NO_OBJECT), _batch(tiny, NO_OBJECT)):
+        model = _model()
+        losses = _losses(model, batch)
+        assert set(losses) >= {"loss_cls", "loss_grid_stage3", "loss_ism", "loss_rsm"}
+        assert all(torch.isfinite(v) for v in losses.values()), losses
+        sum(losses.values()).backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert all(torch.isfinite(g).all() for g in grads)
+    # the tiny GT (appended as a proposal) trains stage 1: its 6x4 px region < the 28 map
+    assert losses["loss_grid_stage1"] > 0
+
+
+def test_seeded_regression_values():
+    model = _model()
+    losses = _losses(model, _batch(TWO_OBJECTS, ONE_OBJECT))
+    values = {k: round(v.item(), 4) for k, v in losses.items()}
+    assert values == pytest.approx(REGRESSION_LOSSES, abs=2e-4)
+    model.eval()
+    with torch.no_grad():
+        (out,) = model(_batch(TWO_OBJECTS)[:1])
+    inst = out["instances"]
+    assert len(inst) == REGRESSION_NUM_DETECTIONS
+    assert torch.allclose(inst.pred_boxes.tensor[:2], torch.tensor(REGRESSION_BOXES), atol=1e-3)
+    assert inst.scores[:3].tolist() == pytest.approx(REGRESSION_SCORES, rel=1e-3)
+
+
+# seeded values of the tiny model above (random weights: stages 2-3 and the ISM have no box
+# above their thresholds yet, so their losses are 0)
+REGRESSION_LOSSES = {
+    "loss_cls": 1.9311,
+    "loss_grid_stage1": 0.4617,
+    "loss_grid_stage2": 0.0,
+    "loss_grid_stage3": 0.0,
+    "loss_ism": 0.0,
+    "loss_rsm": 1.9331,
+    "loss_rpn_cls": 0.6923,
+    "loss_rpn_loc": 0.0071,
+}
+REGRESSION_NUM_DETECTIONS = 41
+REGRESSION_BOXES = [[17.457, 24.905, 18.445, 24.909], [31.965, 26.132, 32.245, 26.269]]
+REGRESSION_SCORES = [5.5116e-05, 4.8630e-05, 3.9860e-05]
+
+
+def test_a_few_iterations_lower_every_loss():
+    """One grid stage with ISM and RSM on a fixed batch (Adam, so that every head moves in a
+    few iterations): each loss term's last iterations are below its first."""
+    model = _model(ONE_STAGE)
+    batch = _batch(TWO_OBJECTS, ONE_OBJECT)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    history = []
+    with EventStorage():
+        for step in range(16):
+            torch.manual_seed(step)
+            losses = model(batch)
+            history.append({k: v.item() for k, v in losses.items()})
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+    for key in ("loss_cls", "loss_grid_stage1", "loss_rsm", "loss_rpn_cls"):
+        first = sum(h[key] for h in history[:4]) / 4
+        last = sum(h[key] for h in history[-4:]) / 4
+        assert last < first, (key, first, last)
+
+
+def test_grid_head_learns_heatmaps_that_decode_to_the_gt():
+    """A GridHead on fixed features: the BCE falls and the decoded boxes approach the GT."""
+    torch.manual_seed(0)
+    head = GridHead(ShapeSpec(channels=8, height=14, width=14), num_points=9, point_channels=4,
+                    num_convs=2)  # fmt: skip
+    features = torch.randn(6, 8, 14, 14)
+    gt = torch.tensor([[10.0, 10.0, 50.0, 40.0]]).repeat(6, 1)
+    rois = gt + torch.tensor([[-4.0, 3.0, 2.0, -3.0], [3, -2, -5, 4], [0, 0, 6, 6],
+                              [-6, -6, 0, 0], [2, 2, -2, -2], [-3, 4, 3, -4]])  # fmt: skip
+    targets = grid_heatmap_targets(gt, rois, 2.0, 9, 28, 1.0)
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
+    losses, ious = [], []
+    for _ in range(40):
+        logits = head(features)
+        loss = grid_heatmap_loss(logits, targets)
+        boxes = decode_grid_heatmaps(logits.detach(), rois, 2.0)
+        ious.append(pairwise_iou(Boxes(boxes), Boxes(gt[:1])).mean().item())
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert losses[-1] < 0.7 * losses[0]
+    assert ious[-1] > 0.7 > 0.1 > ious[0]  # seeded: 0.07 -> 0.79
+
+
+def test_inference_ranks_detections_by_the_fused_score():
+    model = _model()
+    model.eval()
+    with torch.no_grad():
+        outputs = model(_batch(TWO_OBJECTS, NO_OBJECT))
+    for out in outputs:
+        inst = out["instances"]
+        assert 0 < len(inst) <= 96
+        expected = fused_score(inst.cls_scores, inst.pred_ious, inst.rsm_scores, 0.8)
+        assert torch.allclose(inst.scores, expected)
+        assert (inst.scores[:-1] >= inst.scores[1:]).all()
+        boxes = inst.pred_boxes.tensor
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 64).all()
+        assert (boxes[:, 2:] >= boxes[:, :2]).all()
+    # gamma = 1 and no RSM: the score is cls x ISM; without both modules, the class score
+    model = _model(["MODEL.CPM_RCNN.RSM.ENABLED", "False"])
+    model.eval()
+    with torch.no_grad():
+        inst = model(_batch(TWO_OBJECTS)[:1])[0]["instances"]
+    assert not inst.has("rsm_scores")
+    assert torch.allclose(inst.scores, inst.cls_scores * inst.pred_ious.clamp(0, 1))
+    model = _model(["MODEL.CPM_RCNN.RSM.ENABLED", "False", "MODEL.CPM_RCNN.ISM.ENABLED", "False"])
+    model.eval()
+    with torch.no_grad():
+        inst = model(_batch(TWO_OBJECTS)[:1])[0]["instances"]
+    assert torch.equal(inst.scores, inst.cls_scores)
+
+
+def test_test_stage_returns_that_stages_boxes():
+    """TEST_STAGE k runs the first k stages only: stage 1's boxes differ from stage 3's."""
+    batch = _batch(TWO_OBJECTS)
+    boxes = {}
+    for stage in (1, 3):
+        model = _model(["MODEL.CPM_RCNN.TEST_STAGE", str(stage)])
+        model.eval()
+        with torch.no_grad():
+            inst = model(batch)[0]["instances"]
+        boxes[stage] = inst.pred_boxes.tensor[inst.cls_scores.argsort()]
+    assert boxes[1].shape == boxes[3].shape and not torch.allclose(boxes[1], boxes[3])
