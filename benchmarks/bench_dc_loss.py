@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Training and inference cost of DC Loss against the static RetinaNet, in one run.
+
+Builds three models of the CPU shapes configs with the same weights: Table 2's baseline
+(detectron2's RetinaNet), "+ IAC + DC" (the training of the method) and "+ IAC + DC + CL-NMS"
+(the same model with CL-balanced NMS). On the same batches of the training set, alternating
+between the models, it times a training iteration (forward, backward, SGD step) and inference
+(seconds per image), and prints seconds and the ratios (goals: <= 1.1x for both):
+
+    train      IAC + DC / RetinaNet  (the assignment and the loss weighting)
+    inference  CL-NMS / standard NMS (same model, same candidates)
+
+Without --weights the classification prior is raised to p = 0.1 (above the 0.05 score
+threshold), so that every level yields its TOPK_CANDIDATES_TEST candidates: the NMS's worst
+case. With --weights (e.g. a trained model_final.pth) the candidates are a trained model's.
+
+    python benchmarks/bench_dc_loss.py [--iters 20] [--threads 1] [--weights W] [--opts K V ...]
+"""
+
+import argparse
+import math
+import os
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import build_model
+
+from d2align.data.from_config import register_data_from_config
+from d2align.engine import build_config
+from d2align.projects.dc_loss import add_dc_loss_config
+
+try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.bench_dc_loss
+    from paired_timing import print_ratios, time_models
+except ImportError:  # pragma: no cover
+    from benchmarks.paired_timing import print_ratios, time_models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "projects", "DCLoss", "configs", "shapes")
+ROWS = ("retinanet", "iac_dc", "iac_dc_clnms")
+
+
+def _cfg(row: str, opts):
+    config = os.path.join(CONFIGS, f"{row}_R18_FPN_scratch.yaml")
+    cfg = build_config(config, ["DATALOADER.NUM_WORKERS", "0"] + list(opts),
+                       [add_dc_loss_config])  # fmt: skip
+    register_data_from_config(cfg)
+    return cfg
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--iters", type=int, default=20, help="timed iterations per model")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--weights", default="", help="weights of all three models")
+    parser.add_argument("--opts", nargs="*", default=[], help="config overrides K V ...")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    cfgs = {row: _cfg(row, args.opts) for row in ROWS}
+    torch.manual_seed(cfgs["retinanet"].SEED)
+    models = {row: build_model(cfg) for row, cfg in cfgs.items()}
+    reference = models["retinanet"]
+    if args.weights:
+        DetectionCheckpointer(reference).load(args.weights)
+    else:
+        prior = 0.1
+        torch.nn.init.constant_(reference.head.cls_score.bias, -math.log((1 - prior) / prior))
+    for row in ROWS[1:]:
+        models[row].load_state_dict(reference.state_dict())
+    timings = time_models(models, cfgs["retinanet"], args.iters, args.warmup)
+    c = cfgs["retinanet"]
+    weights = f"weights {args.weights}" if args.weights else "prior p = 0.1"
+    size, batch = c.INPUT.MAX_SIZE_TRAIN, c.SOLVER.IMS_PER_BATCH
+    print(f"shapes config, {size} px, batch {batch}, {args.iters} timed iterations, "
+          f"{args.threads} thread(s), {weights}; medians:")  # fmt: skip
+    # the first pair's inference and the second pair's training run the same code (~1x)
+    print_ratios(
+        timings,
+        [("iac_dc", "retinanet"), ("iac_dc_clnms", "iac_dc")],
+        goals={"train": "<= 1.1x", "inference": "<= 1.1x"},
+    )
+
+
+if __name__ == "__main__":
+    main()
