@@ -20,6 +20,7 @@ from .grid_coder import (
     heatmap_to_image,
     image_to_heatmap,
     mapped_regions,
+    point_regions,
 )
 from .grid_head import GridHead
 from .roi_heads import CPMROIHeads
@@ -36,6 +37,7 @@ __all__ = [
     "grid_point_layout",
     "grid_points",
     "mapped_regions",
+    "point_regions",
     "image_to_heatmap",
     "heatmap_to_image",
     "grid_heatmap_targets",

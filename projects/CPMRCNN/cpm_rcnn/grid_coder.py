@@ -5,8 +5,13 @@ A box carries a sqrt(G) x sqrt(G) grid of points, borders included (G = 9: its c
 centres of its borders and its centre); point k = row * sqrt(G) + col. The grid branch of a
 stage predicts, for a RoI, one S x S heatmap per point over the RoI's *mapped region*: the RoI
 scaled by the stage's mapping ratio r about its centre (Grid R-CNN's extended region mapping is
-r = 2; CPM R-CNN's Cascade Mapping Module uses (2, 1.5, 1.25) over its stages). Heatmap pixel
-(i, j) covers the region's cell whose centre is (x0 + (j + 0.5) w / S, y0 + (i + 0.5) h / S).
+r = 2; CPM R-CNN's Cascade Mapping Module uses (2, 1.5, 1.25) over its stages). As in
+mmdetection's Grid R-CNN (the Grid R-CNN Plus heatmaps, which the paper's Grid R-CNN numbers come
+from), each point's S x S heatmap covers only its own half of the mapped region, in width and in
+height (:func:`point_regions`): the left half for the points of the left border, the middle half
+for the inner columns, ... so that a cell is 1 / (2 S) of the region. Heatmap pixel (i, j) of a
+point whose region is (x0, y0, x1, y1) covers the cell centred at
+(x0 + (j + 0.5) (x1 - x0) / S, y0 + (i + 0.5) (y1 - y0) / S).
 
 Shape legend:
     R: RoIs over the batch
@@ -25,6 +30,7 @@ __all__ = [
     "grid_point_layout",
     "grid_points",
     "mapped_regions",
+    "point_regions",
     "image_to_heatmap",
     "heatmap_to_image",
     "grid_heatmap_targets",
@@ -87,9 +93,31 @@ def mapped_regions(rois: torch.Tensor, ratio: float) -> torch.Tensor:
     return torch.cat([centre - half, centre + half], dim=1)
 
 
+def point_regions(rois: torch.Tensor, ratio: float, num_points: int) -> torch.Tensor:
+    """The region each grid point's heatmap covers: half of the RoI's mapped region in width and
+    height, starting at clamp(u - 1/4, 0, 1/2) of it for a point at relative position u (the
+    border points get the outer halves, the centre point the middle half).
+
+    Args:
+        rois (Tensor[R, 4]): XYXY.
+        ratio (float): mapping ratio r >= 1.
+        num_points (int): G.
+
+    Returns:
+        Tensor[R, G, 4]: XYXY; e.g. r = 2, G = 9, RoI (10, 20, 30, 60) (mapped region
+        (0, 0, 40, 80)): point 0 (top-left) (0, 0, 20, 40), point 4 (centre) (10, 20, 30, 60),
+        point 8 (bottom-right) (20, 40, 40, 80).
+    """
+    region = mapped_regions(rois, ratio)
+    start = (grid_point_layout(num_points).to(rois) - 0.25).clamp(0.0, 0.5)  # (G, 2)
+    size = (region[:, 2:] - region[:, :2])[:, None]  # (R, 1, 2)
+    origin = region[:, None, :2] + start[None] * size
+    return torch.cat([origin, origin + 0.5 * size], dim=2)
+
+
 def _origin_and_cell(regions: torch.Tensor, size: int):
-    origin = regions[:, None, :2]
-    cell = (regions[:, 2:] - regions[:, :2]).clamp(min=_MIN_SIDE)[:, None] / size
+    origin = regions[..., :2]
+    cell = (regions[..., 2:] - regions[..., :2]).clamp(min=_MIN_SIDE) / size
     return origin, cell
 
 
@@ -99,7 +127,8 @@ def image_to_heatmap(points: torch.Tensor, regions: torch.Tensor, size: int) -> 
 
     Args:
         points (Tensor[R, G, 2]): (x, y) in the image.
-        regions (Tensor[R, 4]): mapped regions (:func:`mapped_regions`), XYXY.
+        regions (Tensor[R, G, 4]): the region of each point's map (:func:`point_regions`),
+            XYXY.
         size (int): S.
 
     Returns:
@@ -114,7 +143,7 @@ def heatmap_to_image(coords: torch.Tensor, regions: torch.Tensor, size: int) -> 
 
     Args:
         coords (Tensor[R, G, 2]): (j, i) heatmap coordinates.
-        regions (Tensor[R, 4]): mapped regions, XYXY.
+        regions (Tensor[R, G, 4]): the region of each point's map, XYXY.
         size (int): S.
 
     Returns:
@@ -133,7 +162,7 @@ def grid_heatmap_targets(
     radius: float,
 ) -> torch.Tensor:
     """Binary heatmap targets: 1 on the pixels whose centre lies within `radius` cells of the
-    GT box's grid point (a disc, as Grid R-CNN), 0 elsewhere. A point outside the mapped region
+    GT box's grid point (a disc, as Grid R-CNN), 0 elsewhere. A point outside its map's region
     has no positive pixel beyond the disc's part inside the map.
 
     Args:
@@ -149,7 +178,8 @@ def grid_heatmap_targets(
     """
     if radius <= 0:
         raise ValueError(f"radius must be > 0, got {radius}")
-    coords = image_to_heatmap(grid_points(gt_boxes, num_points), mapped_regions(rois, ratio), size)
+    regions = point_regions(rois, ratio, num_points)
+    coords = image_to_heatmap(grid_points(gt_boxes, num_points), regions, size)
     pixels = torch.arange(size, dtype=coords.dtype, device=coords.device)
     dj = pixels[None, None, None, :] - coords[..., 0, None, None]
     di = pixels[None, None, :, None] - coords[..., 1, None, None]
@@ -168,8 +198,8 @@ def decode_grid_heatmaps(logits: torch.Tensor, rois: torch.Tensor, ratio: float)
         ratio (float): mapping ratio of the stage.
 
     Returns:
-        Tensor[R, 4]: XYXY boxes (not clipped; no gradient through the argmax); borders that
-        cross (left decoded right of right) are swapped.
+        Tensor[R, 4]: XYXY boxes (not clipped; no gradient through the argmax); x0 <= x1 and
+        y0 <= y1, since the left points' regions lie left of the right points' ones.
     """
     num_rois, num_points, size = logits.shape[0], logits.shape[1], logits.shape[-1]
     side = math.isqrt(num_points)
@@ -177,7 +207,8 @@ def decode_grid_heatmaps(logits: torch.Tensor, rois: torch.Tensor, ratio: float)
     best_logit, best = flat.max(dim=2)
     prob = best_logit.sigmoid()
     coords = torch.stack([best % size, torch.div(best, size, rounding_mode="floor")], dim=2)
-    points = heatmap_to_image(coords.to(rois.dtype), mapped_regions(rois, ratio), size)
+    regions = point_regions(rois, ratio, num_points)
+    points = heatmap_to_image(coords.to(rois.dtype), regions, size)
     col = torch.arange(num_points, device=logits.device) % side
     row = torch.div(torch.arange(num_points, device=logits.device), side, rounding_mode="floor")
     borders = [(col == 0, 0), (row == 0, 1), (col == side - 1, 0), (row == side - 1, 1)]
