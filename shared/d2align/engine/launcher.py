@@ -9,7 +9,8 @@ A project's train_net.py is::
         launch_from_command_line(config_hooks=[add_<name>_config])
 
 `--config-file`, `--eval-only`, `--resume`, `--num-gpus` and trailing `KEY VALUE` overrides
-behave as in detectron2. Besides, a run holds `OUTPUT_DIR/train.lock` for its whole life (a
+behave as in detectron2; without CUDA, `--num-gpus N` trains in N CPU processes (gloo).
+Besides, a run holds `OUTPUT_DIR/train.lock` for its whole life (a
 second run on the same OUTPUT_DIR is refused, naming the holder's PID; the lock of a dead
 process is taken over), weights are loaded with `D2AlignCheckpointer` (no code runs from a
 weights file; a checkpoint that does not fit the model is refused), and `final_results.json`
@@ -25,7 +26,7 @@ from typing import Callable, Iterable, Optional, Type
 
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
@@ -33,6 +34,7 @@ from ..checkpoint import D2AlignCheckpointer
 from ..config import add_d2align_config, check_common_config
 from ..data.from_config import register_data_from_config
 from ..lock import DirLock
+from .distributed import launch
 from .trainer import Trainer
 
 ConfigHook = Callable[[CfgNode], None]
@@ -163,7 +165,8 @@ def launch_from_command_line(
     trainer_cls: Type[Trainer] = Trainer,
     argv: Optional[list] = None,
 ):
-    """Parse detectron2's standard arguments and launch `main` on --num-gpus processes."""
+    """Parse detectron2's standard arguments and launch `main` on --num-gpus processes (on a
+    machine without CUDA, --num-gpus N processes on the CPU: see `d2align.engine.distributed`)."""
     args = default_argument_parser().parse_args(argv)
     print("Command Line Args:", args)
     config_hooks = list(config_hooks)

@@ -9,6 +9,7 @@ It adds to detectron2's DefaultTrainer:
   * the optimizer state in checkpoints (detectron2 v0.6 leaves it out), so `--resume`
     continues with the same momentum; a checkpoint without it (written by detectron2 v0.6's
     DefaultTrainer) resumes on detectron2 v0.6 and main alike;
+  * multi-process training on the CPU (gloo, see `d2align.engine.distributed`);
   * `D2AlignCheckpointer` for loading MODEL.WEIGHTS and resuming (no code runs from a weights
     file; a checkpoint that does not fit the model is refused).
 Projects subclass it only when they need another data mapper or evaluator.
@@ -17,11 +18,14 @@ Projects subclass it only when they need another data mapper or evaluator.
 import logging
 import os
 import time
+import weakref
 
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer, TrainerBase
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import D2AlignCheckpointer
 from ..evaluation import D2AlignCOCOEvaluator
@@ -84,7 +88,32 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg):
         check_num_classes(cfg)
-        super().__init__(cfg)
+        if comm.get_world_size() > 1 and cfg.MODEL.DEVICE == "cpu":
+            self._init_on_cpu_processes(cfg)
+        else:
+            super().__init__(cfg)
+
+    def _init_on_cpu_processes(self, cfg):
+        """DefaultTrainer.__init__ for several processes on the CPU: the same steps, with a CPU
+        DistributedDataParallel (detectron2's `create_ddp_model` passes `device_ids=[local
+        rank]`, which DistributedDataParallel refuses for a module on the CPU)."""
+        if cfg.SOLVER.AMP.ENABLED:
+            raise ValueError("SOLVER.AMP.ENABLED = True: mixed precision needs CUDA")
+        TrainerBase.__init__(self)
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = DistributedDataParallel(model, broadcast_buffers=False)
+        self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = D2AlignCheckpointer.from_config(
+            cfg, model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -1,0 +1,116 @@
+"""Issue 14, item 6: `--num-gpus 2` on a machine without CUDA trains in 2 CPU processes (gloo).
+
+One SGD step of 2 processes x batch 2 must equal one step of 1 process x batch 4: the same loss
+and the same weight update. The model is detectron2's RPN-only detector (`ProposalNetwork`)
+with every anchor sampled (RPN.BATCH_SIZE_PER_IMAGE >= anchors per image, POSITIVE_FRACTION 1)
+and no flip: its loss is then a deterministic sum over anchors divided by a fixed normaliser,
+so the two are equal up to float summation order. (Faster R-CNN samples RoIs at random, and
+RetinaNet's loss normaliser is a per-process moving average: neither is equal across process
+counts even in exact arithmetic.) Then `--resume` continues the distributed run.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from d2align.checkpoint import D2AlignCheckpointer
+from d2align.engine import Trainer, build_config
+from d2align.engine.launcher import launch_from_command_line
+from d2align.testing import ROOT, register_tiny_shapes
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU processes")
+
+FASTER = "configs/shapes/faster_rcnn_R18_FPN_scratch.yaml"
+SIZE = 64  # px: 1023 anchors per image on P2-P6 with 3 aspect ratios
+
+
+def _opts(data_root, out, weights):
+    return [
+        "MODEL.META_ARCHITECTURE", "ProposalNetwork",
+        "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "1024",
+        "MODEL.RPN.POSITIVE_FRACTION", "1.0",
+        "MODEL.WEIGHTS", str(weights),
+        "D2ALIGN.DATA.TRAIN_JSON", os.path.join(data_root, "annotations", "train.json"),
+        "D2ALIGN.DATA.TRAIN_IMAGES", os.path.join(data_root, "train"),
+        "DATASETS.TEST", "()",
+        "INPUT.RANDOM_FLIP", "none",
+        "INPUT.MIN_SIZE_TRAIN", f"({SIZE},)",
+        "INPUT.MAX_SIZE_TRAIN", str(SIZE),
+        "SOLVER.IMS_PER_BATCH", "4",
+        "SOLVER.BASE_LR", "0.05",
+        "SOLVER.WARMUP_ITERS", "0",
+        "SOLVER.STEPS", "()",
+        "SOLVER.MAX_ITER", "1",
+        "DATALOADER.NUM_WORKERS", "0",
+        "MODEL.DEVICE", "cpu",
+        "OUTPUT_DIR", str(out),
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A train split of exactly 4 images (none empty) and the initial weights of both runs."""
+    root = tmp_path_factory.mktemp("h14_dist")
+    data = str(root / "data")
+    register_tiny_shapes(data, num_train=4, num_val=1, image_size=SIZE, empty_fraction=0.0)
+    cfg = build_config(os.path.join(ROOT, FASTER), _opts(data, root, "")[:6])
+    torch.manual_seed(0)
+    model = Trainer.build_model(cfg)
+    D2AlignCheckpointer(model, str(root)).save("init")
+    return data, root / "init.pth", model.state_dict()
+
+
+def _train_net(argv):
+    script = os.path.join(ROOT, "tools", "train_net.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, script] + argv, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def _metrics(out):
+    with open(os.path.join(out, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _weights(out):
+    return torch.load(os.path.join(out, "model_final.pth"), weights_only=True)["model"]
+
+
+def test_two_cpu_processes_equal_one_with_the_whole_batch(setup, tmp_path):
+    data, init, initial = setup
+    config = ["--config-file", os.path.join(ROOT, FASTER)]
+    one, two = tmp_path / "one", tmp_path / "two"
+    launch_from_command_line(argv=config + _opts(data, one, init))  # in this process
+    log = _train_net(config + ["--num-gpus", "2"] + _opts(data, two, init))
+    assert "2 CPU processes (gloo)" in log
+    assert (two / "log.txt.rank1").exists() and not (one / "log.txt.rank1").exists()
+
+    loss_one, loss_two = _metrics(one)[0]["total_loss"], _metrics(two)[0]["total_loss"]
+    assert loss_one > 0.05  # a real loss, not a vacuous comparison
+    assert loss_two == pytest.approx(loss_one, rel=1e-5)
+    after_one, after_two = _weights(one), _weights(two)
+    moved = 0
+    for key, start in initial.items():
+        step_one, step_two = after_one[key] - start, after_two[key] - start
+        torch.testing.assert_close(step_two, step_one, rtol=1e-3, atol=1e-7)
+        moved += int(step_one.abs().max() > 1e-5)
+    assert moved >= 10, moved  # steps 100x above the tolerance: RPN head, FPN, backbone
+
+    # --resume after the distributed run: continues at iteration 1, in 2 processes again.
+    _train_net(
+        config
+        + ["--num-gpus", "2", "--resume"]
+        + _opts(data, two, init)[:-6]
+        + ["SOLVER.MAX_ITER", "2", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(two)]
+    )
+    iterations = [m["iteration"] for m in _metrics(two) if "total_loss" in m]
+    assert iterations == [0, 1]
+    with open(two / "last_checkpoint") as f:
+        assert f.read().strip() == "model_final.pth"
