@@ -190,3 +190,30 @@ def test_trainer_uses_the_checked_checkpointer(tmp_path):
     assert isinstance(trainer.checkpointer, D2AlignCheckpointer)
     with pytest.raises(CheckpointMismatchError, match="other.pth: only 0 of"):
         trainer.resume_or_load(resume=False)
+
+
+def test_standalone_iou_net_evaluation_refuses_a_malicious_pkl(tmp_path):
+    import argparse
+    import importlib.util
+
+    path = os.path.join(ROOT, "projects", "IoUNet", "evaluate_standalone.py")
+    spec = importlib.util.spec_from_file_location("evaluate_standalone", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"model": _Touch(marker)}))
+    args = argparse.Namespace(
+        detector_config=os.path.join(ROOT, FASTER),
+        detector_weights=str(evil),
+        detector_opts=["MODEL.DEVICE", "cpu"],
+        iounet_config=os.path.join(
+            ROOT, "projects/IoUNet/configs/shapes/standalone_iounet_R18_FPN_scratch.yaml"
+        ),
+        iounet_weights=str(evil),
+        iounet_opts=["MODEL.DEVICE", "cpu"],
+        out=str(tmp_path / "out"),
+    )
+    with pytest.raises(UnsafeCheckpointError, match="posix.system"):
+        module.build_models(args)
+    assert not marker.exists()

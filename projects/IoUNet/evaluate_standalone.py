@@ -24,9 +24,9 @@ import argparse
 import json
 import os
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+from d2align.checkpoint import D2AlignCheckpointer
 from d2align.data.from_config import register_data_from_config
 from d2align.engine import Trainer, build_config, write_final_results
 from d2align.projects import config_hooks_for
@@ -70,10 +70,14 @@ def build_models(args):
         )
     iou_cfg.freeze()
     detector = build_model(det_cfg)
-    DetectionCheckpointer(detector).load(args.detector_weights or det_cfg.MODEL.WEIGHTS)
+    # D2AlignCheckpointer: no code runs from a weights file, and a checkpoint that does not fit
+    # the model is refused (D2ALIGN.CHECKPOINT.MIN_MATCHED_FRACTION_EVAL)
+    checkpointer = D2AlignCheckpointer.from_config(det_cfg, detector, eval_only=True)
+    checkpointer.load(args.detector_weights or det_cfg.MODEL.WEIGHTS)
     iou_net = build_model(iou_cfg)
     assert isinstance(iou_net, StandaloneIoUNet)
-    DetectionCheckpointer(iou_net).load(args.iounet_weights or iou_cfg.MODEL.WEIGHTS)
+    checkpointer = D2AlignCheckpointer.from_config(iou_cfg, iou_net, eval_only=True)
+    checkpointer.load(args.iounet_weights or iou_cfg.MODEL.WEIGHTS)
     return det_cfg, DetectorWithIoUNet(detector, iou_net).eval()
 
 
