@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Training and inference cost of CPM R-CNN against Faster R-CNN, same run, per number of
+Cascade Mapping stages.
+
+Builds, from the CPU shapes configs, Faster R-CNN ResNet-18-FPN and CPM R-CNN (grid branch, ISM,
+RSM, fused score) with 1, 2 and 3 grid stages. Each CPM model loads Faster R-CNN's weights
+wherever the names and shapes agree (backbone, RPN, box head, classifier), so all see the same
+proposals. They are timed alternately on the same training batches (training s/iter, inference
+s/image; see `paired_timing.py`); the ratios CPM / Faster R-CNN are printed. The issue's goal
+is at most 1.6x training and 1.5x inference with 3 stages. Random weights: every proposal
+passes the score threshold, so inference refines the full 96 boxes per image (the worst case).
+
+    python benchmarks/bench_cpm_rcnn.py [--iters 20] [--threads 1] [--opts K V ...]
+"""
+
+import argparse
+import os
+
+import torch
+from detectron2.modeling import build_model
+
+from d2align.data.from_config import register_data_from_config
+from d2align.engine import build_config
+from d2align.projects.cpm_rcnn import add_cpm_rcnn_config
+
+try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.bench_cpm_rcnn
+    from bench_offset_bin import load_shared_weights
+    from paired_timing import print_ratios, time_models
+except ImportError:  # pragma: no cover
+    from benchmarks.bench_offset_bin import load_shared_weights
+    from benchmarks.paired_timing import print_ratios, time_models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASTER = os.path.join(ROOT, "configs", "shapes", "faster_rcnn_R18_FPN_scratch.yaml")
+CPM = os.path.join(
+    ROOT, "projects", "CPMRCNN", "configs", "shapes", "cpm_rcnn_R18_FPN_scratch.yaml"
+)
+RATIOS, IOUS = [2.0, 1.5, 1.25], [0.5, 0.6, 0.7]
+REFERENCE = "Faster R-CNN"
+
+
+def _stages(n: int):
+    return [
+        "MODEL.CPM_RCNN.NUM_STAGES", str(n),
+        "MODEL.CPM_RCNN.MAPPING_RATIOS", str(RATIOS[:n]),
+        "MODEL.CPM_RCNN.IOU_THRESHOLDS", str(IOUS[:n]),
+    ]  # fmt: skip
+
+
+def _cfg(config_file: str, opts):
+    cfg = build_config(config_file, ["DATALOADER.NUM_WORKERS", "0"] + list(opts),
+                       [add_cpm_rcnn_config])  # fmt: skip
+    register_data_from_config(cfg)
+    return cfg
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--iters", type=int, default=20, help="timed iterations per model")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--opts", nargs="*", default=[], help="config overrides K V ...")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    cfgs = {REFERENCE: _cfg(FASTER, args.opts)}
+    for n in (1, 2, 3):
+        cfgs[f"CPM R-CNN, {n} stage(s)"] = _cfg(CPM, _stages(n) + list(args.opts))
+    models = {}
+    for name, cfg in cfgs.items():
+        torch.manual_seed(cfg.SEED)
+        models[name] = build_model(cfg)
+        if name != REFERENCE:
+            copied = load_shared_weights(models[name], models[REFERENCE])
+            print(f"{name}: {copied} tensors loaded from {REFERENCE}")
+    reference = cfgs[REFERENCE]
+    timings = time_models(models, reference, args.iters, args.warmup)
+    print(f"shapes configs, {reference.INPUT.MAX_SIZE_TRAIN} px, batch "
+          f"{reference.SOLVER.IMS_PER_BATCH}, {args.iters} timed iterations, {args.threads} "
+          "thread(s); medians:")  # fmt: skip
+    pairs = [(name, REFERENCE) for name in cfgs if name != REFERENCE]
+    print_ratios(timings, pairs, goals={"train": "<= 1.6x at 3 stages",
+                                        "inference": "<= 1.5x at 3 stages"})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
