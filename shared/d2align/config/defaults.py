@@ -47,6 +47,17 @@ def add_d2align_config(cfg: CN) -> None:
     cfg.MODEL.ROI_IOU_HEAD.FC_INIT_STD = 0.01  # std of the hidden layers' weights
     cfg.MODEL.ROI_IOU_HEAD.PRED_INIT_STD = 0.001  # std of the output layer's weights
     cfg.MODEL.ROI_IOU_HEAD.CLS_AGNOSTIC = False  # one IoU per box instead of one per class
+    # Per-class NMS of D2AlignStandardROIHeads / D2AlignCascadeROIHeads at inference (the
+    # heads that keep detectron2's Fast R-CNN inference; IoU-Net and CPM R-CNN have their own):
+    # "standard" (detectron2's, the default), "soft_linear" / "soft_gaussian" (Soft-NMS),
+    # "cl_balanced" (DC Loss's CL-balanced NMS, eq. 6-7). The IoU threshold is
+    # MODEL.ROI_HEADS.NMS_THRESH_TEST; the other parameters as under MODEL.D2ALIGN_RETINANET.
+    cfg.MODEL.D2ALIGN_ROI_HEADS = CN()
+    cfg.MODEL.D2ALIGN_ROI_HEADS.NMS_TYPE = "standard"
+    cfg.MODEL.D2ALIGN_ROI_HEADS.SOFT_NMS_SIGMA = 0.5
+    cfg.MODEL.D2ALIGN_ROI_HEADS.SOFT_NMS_SCORE_THRESH = 0.001
+    cfg.MODEL.D2ALIGN_ROI_HEADS.CL_NMS_TEMPERATURE = 1.0
+    cfg.MODEL.D2ALIGN_ROI_HEADS.CL_NMS_DIS_SCALE = 1.0
     # D2AlignRetinaNet (d2align.modeling.retinanet): detectron2's RetinaNet with overridable
     # assignment, losses and NMS, beside MODEL.RETINANET (whose keys it keeps). With these
     # defaults it is exactly detectron2's RetinaNet.

@@ -2,7 +2,10 @@
 may be PrRoIPool) and a per-stage box predictor from `BOX_PREDICTOR_REGISTRY`.
 
 Only the construction of the box branch differs from detectron2's `CascadeROIHeads`
-(`_init_box_head`); training, the stage-to-stage proposals and inference are detectron2's.
+(`_init_box_head`); training, the stage-to-stage proposals and inference are detectron2's,
+except that a non-standard `MODEL.D2ALIGN_ROI_HEADS.NMS_TYPE` replaces the final NMS (the
+stage-averaged scores and the last stage's boxes then go through
+:func:`d2align.modeling.roi_heads_base.nms_detections`).
 Each stage has its own box head and its own predictor, built by
 :func:`d2align.modeling.build_box_predictor` with the stage's
 `Box2BoxTransform(MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS[k])`, and its own proposal
@@ -13,13 +16,19 @@ features of every stage are differentiable w.r.t. the box coordinates.
 Boxes are XYXY in absolute pixels of the network input.
 """
 
+from typing import Any, Dict, List, Optional
+
+import torch
+from detectron2.config import configurable
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, build_box_head
+from detectron2.structures import Instances
 
 from ..config import check_config
 from .box_predictor import build_box_predictor
 from .poolers import build_roi_box_pooler
+from .roi_heads_base import _check_nms_type, nms_detections, roi_heads_nms_from_config
 
 __all__ = ["D2AlignCascadeROIHeads"]
 
@@ -29,8 +38,64 @@ class D2AlignCascadeROIHeads(CascadeROIHeads):
     """CascadeROIHeads whose box pooler comes from `build_roi_box_pooler` (PrRoIPool allowed)
     and whose stages' box predictors from `build_box_predictor`.
 
-    Same config keys as `CascadeROIHeads`, plus `MODEL.ROI_BOX_HEAD.PREDICTOR`.
+    Same config keys as `CascadeROIHeads`, plus `MODEL.ROI_BOX_HEAD.PREDICTOR` and
+    `MODEL.D2ALIGN_ROI_HEADS` (the NMS at inference).
     """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        nms_type: str = "standard",
+        nms_kwargs: Optional[Dict[str, Any]] = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            nms_type (str): the NMS at inference, one of `NMS_TYPES`.
+            nms_kwargs (dict): the other arguments of `per_class_nms` (Soft-NMS, CL-balanced).
+            kwargs: `CascadeROIHeads` arguments.
+        """
+        super().__init__(**kwargs)
+        _check_nms_type(self, D2AlignCascadeROIHeads._forward_box, nms_type)
+        self.nms_type = nms_type
+        self.nms_kwargs = dict(nms_kwargs or {})
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret.update(roi_heads_nms_from_config(cfg))
+        return ret
+
+    def _forward_box(
+        self, features: Dict[str, torch.Tensor], proposals: List[Instances], targets=None
+    ):
+        """detectron2's cascade; at inference with a non-standard NMS type, the stage-averaged
+        scores and the last stage's boxes go through `nms_detections` instead of detectron2's
+        `fast_rcnn_inference` (the stages run as in detectron2's `_forward_box`)."""
+        if self.training or self.nms_type == "standard":
+            return super()._forward_box(features, proposals, targets)
+        features = [features[f] for f in self.box_in_features]
+        image_sizes = [x.image_size for x in proposals]
+        scores_per_stage, boxes = [], None
+        for k in range(self.num_cascade_stages):
+            if k > 0:
+                proposals = self._create_proposals_from_boxes(boxes, image_sizes)
+            predictions = self._run_stage(features, proposals, k)
+            boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
+            scores_per_stage.append(self.box_predictor[k].predict_probs(predictions, proposals))
+        predictor = self.box_predictor[-1]
+        return [
+            nms_detections(
+                b,
+                sum(stage_scores) * (1.0 / self.num_cascade_stages),
+                size,
+                predictor,
+                self.nms_type,
+                **self.nms_kwargs,
+            )
+            for b, stage_scores, size in zip(boxes, zip(*scores_per_stage), image_sizes)
+        ]
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):

@@ -15,14 +15,15 @@ Shape legend:
 Boxes are XYXY in absolute pixels of the network input.
 """
 
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 from detectron2.layers import batched_nms
 
+from ..config import check_choice, check_config
 from ..ops import batched_cl_balanced_nms, batched_soft_nms
 
-__all__ = ["NMS_TYPES", "per_class_nms"]
+__all__ = ["NMS_TYPES", "nms_settings_from_config", "per_class_nms"]
 
 NMS_TYPES = ("standard", "soft_linear", "soft_gaussian", "cl_balanced")
 
@@ -85,3 +86,49 @@ def per_class_nms(
         )
         return keep, scores[keep]
     raise ValueError(f"per_class_nms: nms_type must be one of {NMS_TYPES}, got {nms_type!r}")
+
+
+def nms_settings_from_config(node, prefix: str) -> Tuple[str, Dict[str, Any]]:
+    """The NMS type and the keyword arguments of `per_class_nms` from a config node holding
+    NMS_TYPE, SOFT_NMS_SIGMA, SOFT_NMS_SCORE_THRESH, CL_NMS_TEMPERATURE and CL_NMS_DIS_SCALE
+    (e.g. `cfg.MODEL.D2ALIGN_ROI_HEADS`), checked.
+
+    Args:
+        node (CfgNode): the node.
+        prefix (str): its full name with a trailing dot, for the error messages.
+
+    Returns:
+        (nms_type, kwargs): kwargs has soft_nms_sigma, soft_nms_score_thresh,
+        cl_nms_temperature and cl_nms_dis_scale.
+
+    Raises:
+        ValueError: a value is out of range (the message names the key).
+    """
+    check_choice(prefix + "NMS_TYPE", node.NMS_TYPE, NMS_TYPES)
+    check_config(
+        node.SOFT_NMS_SIGMA > 0, prefix + "SOFT_NMS_SIGMA", node.SOFT_NMS_SIGMA, "must be > 0"
+    )
+    check_config(
+        0 <= node.SOFT_NMS_SCORE_THRESH <= 1,
+        prefix + "SOFT_NMS_SCORE_THRESH",
+        node.SOFT_NMS_SCORE_THRESH,
+        "must be in [0, 1]",
+    )
+    check_config(
+        node.CL_NMS_TEMPERATURE > 0,
+        prefix + "CL_NMS_TEMPERATURE",
+        node.CL_NMS_TEMPERATURE,
+        "must be > 0",
+    )
+    check_config(
+        node.CL_NMS_DIS_SCALE >= 0,
+        prefix + "CL_NMS_DIS_SCALE",
+        node.CL_NMS_DIS_SCALE,
+        "must be >= 0",
+    )
+    return node.NMS_TYPE, dict(
+        soft_nms_sigma=node.SOFT_NMS_SIGMA,
+        soft_nms_score_thresh=node.SOFT_NMS_SCORE_THRESH,
+        cl_nms_temperature=node.CL_NMS_TEMPERATURE,
+        cl_nms_dis_scale=node.CL_NMS_DIS_SCALE,
+    )

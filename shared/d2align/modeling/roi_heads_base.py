@@ -12,7 +12,11 @@ branches build their poolers with :func:`d2align.modeling.build_box_pooler`.
 
 It also splits detectron2's `fast_rcnn_inference_single_image` at the NMS:
 :func:`per_class_candidates` yields the per-class candidate boxes of one image, to which a
-project applies its own NMS / scoring.
+project applies its own NMS / scoring, and :func:`nms_detections` applies the NMS of
+`MODEL.D2ALIGN_ROI_HEADS.NMS_TYPE` (`d2align.modeling.per_class_nms`: standard, Soft-NMS,
+CL-balanced). With the default "standard" the heads run detectron2's inference unchanged; with
+another type their inference is detectron2's up to the NMS, then `nms_detections`. A subclass
+that replaces the inference (`_forward_box`) refuses a non-standard type.
 
 Shape legend:
     R: proposals of one image
@@ -22,16 +26,50 @@ Shape legend:
 Boxes are XYXY in absolute pixels of the network input.
 """
 
-from typing import Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads, build_box_head
-from detectron2.structures import Boxes
+from detectron2.structures import Boxes, Instances
 
+from ..config import check_config
 from .box_predictor import build_box_predictor
 from .poolers import build_roi_box_pooler
+from .postprocessing import NMS_TYPES, nms_settings_from_config, per_class_nms
 
-__all__ = ["D2AlignStandardROIHeads", "per_class_candidates"]
+__all__ = [
+    "D2AlignStandardROIHeads",
+    "nms_detections",
+    "per_class_candidates",
+    "roi_heads_nms_from_config",
+]
+
+
+def roi_heads_nms_from_config(cfg) -> Dict[str, Any]:
+    """`nms_type` and `nms_kwargs` of the shared ROI heads from `MODEL.D2ALIGN_ROI_HEADS`
+    (checked; a config without d2align's keys gets a ValueError naming the key)."""
+    node = cfg.MODEL.get("D2ALIGN_ROI_HEADS")
+    check_config(
+        node is not None,
+        "MODEL.D2ALIGN_ROI_HEADS",
+        node,
+        "missing: the node is added by d2align.config.add_d2align_config",
+    )
+    nms_type, nms_kwargs = nms_settings_from_config(node, "MODEL.D2ALIGN_ROI_HEADS.")
+    return {"nms_type": nms_type, "nms_kwargs": nms_kwargs}
+
+
+def _check_nms_type(heads, base_forward_box, nms_type: str) -> None:
+    """Refuse a non-standard NMS type for a subclass that replaced the inference."""
+    if nms_type not in NMS_TYPES:
+        raise ValueError(f"nms_type must be one of {NMS_TYPES}, got {nms_type!r}")
+    check_config(
+        nms_type == "standard" or type(heads)._forward_box is base_forward_box,
+        "MODEL.D2ALIGN_ROI_HEADS.NMS_TYPE",
+        nms_type,
+        f"{type(heads).__name__} has its own inference (_forward_box); use its own NMS keys",
+    )
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -43,6 +81,46 @@ class D2AlignStandardROIHeads(StandardROIHeads):
     `MODEL.ROI_BOX_HEAD.POOLER_TYPE` may also be "PrRoIPool". With the default predictor and any
     other pooler type the model is exactly detectron2's.
     """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        nms_type: str = "standard",
+        nms_kwargs: Optional[Dict[str, Any]] = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            nms_type (str): the NMS at inference, one of `NMS_TYPES`.
+            nms_kwargs (dict): the other arguments of `per_class_nms` (Soft-NMS, CL-balanced).
+            kwargs: `StandardROIHeads` arguments.
+        """
+        super().__init__(**kwargs)
+        _check_nms_type(self, D2AlignStandardROIHeads._forward_box, nms_type)
+        self.nms_type = nms_type
+        self.nms_kwargs = dict(nms_kwargs or {})
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret.update(roi_heads_nms_from_config(cfg))
+        return ret
+
+    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+        """detectron2's box branch; at inference with a non-standard NMS type, the detections
+        of `nms_detections` instead of `box_predictor.inference`."""
+        if self.training or self.nms_type == "standard":
+            return super()._forward_box(features, proposals)
+        features = [features[f] for f in self.box_in_features]
+        box_features = self.box_pooler(features, [x.proposal_boxes for x in proposals])
+        predictions = self.box_predictor(self.box_head(box_features))
+        boxes = self.box_predictor.predict_boxes(predictions, proposals)
+        scores = self.box_predictor.predict_probs(predictions, proposals)
+        return [
+            nms_detections(b, s, p.image_size, self.box_predictor, self.nms_type, **self.nms_kwargs)
+            for b, s, p in zip(boxes, scores, proposals)
+        ]
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
@@ -96,3 +174,47 @@ def per_class_candidates(
     rows, classes = keep.nonzero(as_tuple=True)
     boxes = boxes[rows, 0] if num_reg_classes == 1 else boxes[rows, classes]
     return boxes, scores[rows, classes], classes, proposal_ids[rows]
+
+
+def nms_detections(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    image_shape: Tuple[int, int],
+    predictor,
+    nms_type: str,
+    **nms_kwargs,
+) -> Instances:
+    """detectron2's `fast_rcnn_inference_single_image` with the NMS of `nms_type`: the
+    candidates of `per_class_candidates` above `predictor.test_score_thresh`, `per_class_nms`
+    at `predictor.test_nms_thresh`, then the `predictor.test_topk_per_image` best (all if < 0).
+    With "standard" the detections are detectron2's.
+
+    Args:
+        boxes (Tensor[R, K * 4] or Tensor[R, 4]): predicted boxes of one image.
+        scores (Tensor[R, K + 1]): class probabilities, background last.
+        image_shape (tuple[int, int]): (height, width).
+        predictor: the box predictor (its test_score_thresh, test_nms_thresh,
+            test_topk_per_image).
+        nms_type (str): one of `NMS_TYPES`.
+        nms_kwargs: the other arguments of `per_class_nms`.
+
+    Returns:
+        Instances: D detections with `pred_boxes`, `scores` (as `per_class_nms` returns them:
+        decayed for Soft-NMS) and `pred_classes`, in `per_class_nms`'s order.
+    """
+    cand_boxes, cand_scores, cand_classes, _ = per_class_candidates(
+        boxes, scores, image_shape, predictor.test_score_thresh
+    )
+    keep, det_scores = per_class_nms(
+        cand_boxes, cand_scores, cand_classes, nms_type, predictor.test_nms_thresh, **nms_kwargs
+    )
+    if predictor.test_topk_per_image >= 0:
+        keep, det_scores = (
+            keep[: predictor.test_topk_per_image],
+            det_scores[: predictor.test_topk_per_image],
+        )
+    result = Instances(image_shape)
+    result.pred_boxes = Boxes(cand_boxes[keep])
+    result.scores = det_scores
+    result.pred_classes = cand_classes[keep]
+    return result

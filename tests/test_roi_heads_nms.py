@@ -1,0 +1,173 @@
+"""The NMS type of the shared ROI heads (MODEL.D2ALIGN_ROI_HEADS): `nms_detections` with
+"standard" is detectron2's single-image Fast R-CNN inference; CL-balanced NMS in the Standard
+and Cascade heads gives the detections of the `d2align.ops` reference on the heads' own
+candidates (and, with its centre term off, exactly detectron2's detections); bad keys and
+subclasses with their own inference are refused naming the key."""
+
+import pytest
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.roi_heads import build_roi_heads
+from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
+from detectron2.structures import Boxes, ImageList, Instances
+
+from d2align.engine import build_config
+from d2align.modeling import D2AlignStandardROIHeads, per_class_candidates
+from d2align.modeling.roi_heads_base import nms_detections
+from d2align.ops import cl_balanced_nms_reference
+from d2align.testing import ROOT
+
+CASCADE = f"{ROOT}/configs/shapes/cascade_rcnn_R18_FPN_scratch.yaml"
+FASTER = f"{ROOT}/configs/shapes/faster_rcnn_R18_FPN_scratch.yaml"
+CHANNELS = 8
+INPUT_SHAPE = {f"p{level}": ShapeSpec(channels=CHANNELS, stride=2**level) for level in (2, 3, 4, 5)}
+NMS_THRESH = 0.3
+TINY = [
+    "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "16",
+    "MODEL.ROI_HEADS.NMS_THRESH_TEST", str(NMS_THRESH),
+]  # fmt: skip
+
+
+def _heads(config, name, opts=()):
+    torch.manual_seed(0)
+    cfg = build_config(config, TINY + ["MODEL.ROI_HEADS.NAME", name] + list(opts))
+    heads = build_roi_heads(cfg, INPUT_SHAPE).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # class scores that vary over proposals
+        for predictor in getattr(heads.box_predictor, "__iter__", lambda: [heads.box_predictor])():
+            w = predictor.cls_score.weight
+            w.copy_(torch.randn(w.shape, generator=generator) * 0.5)
+    return heads
+
+
+def _inputs():
+    """Features of two 64 x 64 images and 40 proposals each (many overlapping)."""
+    g = torch.Generator().manual_seed(0)
+    features = {
+        name: torch.randn(2, CHANNELS, 64 // shape.stride, 64 // shape.stride, generator=g)
+        for name, shape in INPUT_SHAPE.items()
+    }
+    proposals = []
+    for _ in range(2):
+        xy = torch.rand(40, 2, generator=g) * 30
+        wh = 16 + torch.rand(40, 2, generator=g) * 16
+        props = Instances((64, 64))
+        props.proposal_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=64)], dim=1))
+        props.objectness_logits = torch.randn(40, generator=g)
+        proposals.append(props)
+    return ImageList(torch.zeros(2, 3, 64, 64), [(64, 64), (64, 64)]), features, proposals
+
+
+def _detections(heads):
+    images, features, proposals = _inputs()
+    with torch.no_grad():
+        return heads(images, features, proposals)[0]
+
+
+def _same(a, b):
+    return (
+        torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+        and torch.equal(a.scores, b.scores)
+        and torch.equal(a.pred_classes, b.pred_classes)
+    )
+
+
+class _Predictor:
+    test_score_thresh, test_nms_thresh, test_topk_per_image = 0.05, 0.5, 7
+
+
+def test_standard_nms_detections_are_detectron2s():
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(30, 3, 2, generator=g) * 50
+    boxes = torch.cat([xy, xy + 5 + torch.rand(30, 3, 2, generator=g) * 30], dim=2).reshape(30, 12)
+    boxes[3, 0] = float("inf")  # dropped as detectron2 drops it
+    scores = torch.softmax(torch.randn(30, 4, generator=g) * 2, dim=1)
+    ours = nms_detections(boxes, scores, (60, 70), _Predictor, "standard")
+    theirs, _ = fast_rcnn_inference_single_image(boxes, scores, (60, 70), 0.05, 0.5, 7)
+    assert len(ours) == 7 and _same(ours, theirs)
+
+
+@pytest.mark.parametrize("config,name", [(FASTER, "D2AlignStandardROIHeads"),
+                                         (CASCADE, "D2AlignCascadeROIHeads")])  # fmt: skip
+def test_cl_balanced_without_centre_term_is_detectron2s_inference(config, name):
+    """CL_NMS_DIS_SCALE 0 selects by score alone: the non-standard inference path gives the
+    default path's (detectron2's) detections, which checks the copied stage loop."""
+    standard = _detections(_heads(config, name))
+    cl = _detections(
+        _heads(config, name, ["MODEL.D2ALIGN_ROI_HEADS.NMS_TYPE", "cl_balanced",
+                              "MODEL.D2ALIGN_ROI_HEADS.CL_NMS_DIS_SCALE", "0.0"])
+    )  # fmt: skip
+    assert sum(len(d) for d in standard) > 10
+    for a, b in zip(cl, standard):
+        assert _same(a, b)
+
+
+@pytest.mark.parametrize("config,name", [(FASTER, "D2AlignStandardROIHeads"),
+                                         (CASCADE, "D2AlignCascadeROIHeads")])  # fmt: skip
+def test_cl_balanced_equals_the_reference_on_the_heads_candidates(config, name):
+    opts = ["MODEL.D2ALIGN_ROI_HEADS.NMS_TYPE", "cl_balanced",
+            "MODEL.D2ALIGN_ROI_HEADS.CL_NMS_DIS_SCALE", "5.0",
+            "TEST.DETECTIONS_PER_IMAGE", "1000"]  # fmt: skip
+    heads = _heads(config, name, opts)
+    detections = _detections(heads)
+    standard = _detections(_heads(config, name, ["TEST.DETECTIONS_PER_IMAGE", "1000"]))
+    # the candidates, as the heads compute them (last stage's boxes, stage-averaged scores)
+    images, features, proposals = _inputs()
+    feats = [features[f] for f in heads.box_in_features]
+    predictors = getattr(heads.box_predictor, "__iter__", lambda: [heads.box_predictor])()
+    scores_per_stage, boxes = [], None
+    with torch.no_grad():
+        for k, predictor in enumerate(predictors):
+            if k > 0:
+                proposals = heads._create_proposals_from_boxes(boxes, [(64, 64)] * 2)
+            if name == "D2AlignCascadeROIHeads":
+                predictions = heads._run_stage(feats, proposals, k)
+            else:
+                pooled = heads.box_pooler(feats, [p.proposal_boxes for p in proposals])
+                predictions = predictor(heads.box_head(pooled))
+            boxes = predictor.predict_boxes(predictions, proposals)
+            scores_per_stage.append(predictor.predict_probs(predictions, proposals))
+    differs = []
+    for i, det in enumerate(detections):
+        scores = sum(s[i] for s in scores_per_stage) / len(scores_per_stage)
+        cand_boxes, cand_scores, cand_classes, _ = per_class_candidates(
+            boxes[i], scores, (64, 64), 0.05
+        )
+        keep, _ = cl_balanced_nms_reference(
+            cand_boxes, cand_scores, cand_classes, NMS_THRESH, 1.0, 5.0
+        )
+        torch.testing.assert_close(det.pred_boxes.tensor, cand_boxes[keep])
+        torch.testing.assert_close(det.scores, cand_scores[keep])
+        assert torch.equal(det.pred_classes, cand_classes[keep])
+        assert len(det) == len(standard[i])  # one detection per cluster of standard NMS
+        differs.append(not torch.equal(det.pred_boxes.tensor, standard[i].pred_boxes.tensor))
+    assert any(differs)
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("MODEL.D2ALIGN_ROI_HEADS.NMS_TYPE", "cl"),
+        ("MODEL.D2ALIGN_ROI_HEADS.CL_NMS_TEMPERATURE", "0.0"),
+        ("MODEL.D2ALIGN_ROI_HEADS.SOFT_NMS_SIGMA", "-1.0"),
+    ],
+)
+def test_bad_keys_are_refused_naming_the_key(key, value):
+    with pytest.raises(ValueError, match=key):
+        _heads(FASTER, "D2AlignStandardROIHeads", [key, value])
+
+
+class _OwnInferenceHeads(D2AlignStandardROIHeads):
+    def _forward_box(self, features, proposals):
+        return super()._forward_box(features, proposals)
+
+
+def test_subclass_with_its_own_inference_refuses_a_non_standard_type():
+    cfg = build_config(FASTER, TINY + ["MODEL.D2ALIGN_ROI_HEADS.NMS_TYPE", "soft_linear"])
+    with pytest.raises(
+        ValueError, match="MODEL.D2ALIGN_ROI_HEADS.NMS_TYPE = 'soft_linear': _OwnInferenceHeads"
+    ):
+        _OwnInferenceHeads(cfg, INPUT_SHAPE)
+    cfg = build_config(FASTER, TINY)
+    assert _OwnInferenceHeads(cfg, INPUT_SHAPE).nms_type == "standard"
