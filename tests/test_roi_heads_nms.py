@@ -11,6 +11,7 @@ from detectron2.modeling.roi_heads import build_roi_heads
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
 from detectron2.structures import Boxes, ImageList, Instances
 
+from d2align.config import check_common_config
 from d2align.engine import build_config
 from d2align.modeling import D2AlignStandardROIHeads, per_class_candidates
 from d2align.modeling.roi_heads_base import nms_detections
@@ -171,3 +172,13 @@ def test_subclass_with_its_own_inference_refuses_a_non_standard_type():
         _OwnInferenceHeads(cfg, INPUT_SHAPE)
     cfg = build_config(FASTER, TINY)
     assert _OwnInferenceHeads(cfg, INPUT_SHAPE).nms_type == "standard"
+
+
+def test_detectron2s_own_heads_refuse_a_non_standard_type():
+    """detectron2's StandardROIHeads (the shapes Faster R-CNN config) would ignore the key."""
+    opts = ["MODEL.D2ALIGN_ROI_HEADS.NMS_TYPE", "cl_balanced"]
+    with pytest.raises(ValueError, match="MODEL.D2ALIGN_ROI_HEADS.NMS_TYPE = 'cl_balanced'"):
+        check_common_config(build_config(FASTER, opts))
+    cfg = build_config(FASTER, opts + ["MODEL.ROI_HEADS.NAME", "D2AlignStandardROIHeads"])
+    check_common_config(cfg)
+    check_common_config(build_config(FASTER))

@@ -50,6 +50,9 @@ _IN_RANGE = (
     ("D2ALIGN.CHECKPOINT.MIN_MATCHED_FRACTION_EVAL", 0.0, 1.0),
 )
 
+# detectron2's ROI heads, which run detectron2's NMS whatever MODEL.D2ALIGN_ROI_HEADS says
+_DETECTRON2_ROI_HEADS = ("StandardROIHeads", "CascadeROIHeads", "Res5ROIHeads")
+
 # Keys holding a list of IoU thresholds, each in [0, 1]; (key, whether it must increase: the
 # thresholds of detectron2's Matcher do, a cascade's stage IoUs need not).
 _IOU_LISTS = (
@@ -102,3 +105,15 @@ def check_common_config(cfg: CfgNode) -> None:
     steps = list(cfg.SOLVER.STEPS)  # steps beyond MAX_ITER are ignored (detectron2 warns)
     ok = steps == sorted(steps) and all(s > 0 for s in steps)
     check_config(ok, "SOLVER.STEPS", steps, "iterations must be > 0 and increasing")
+    # MODEL.D2ALIGN_ROI_HEADS is read by d2align's ROI heads only, not by detectron2's own
+    nms_type = _get(cfg, "MODEL.D2ALIGN_ROI_HEADS.NMS_TYPE")
+    heads = cfg.MODEL.ROI_HEADS.NAME
+    check_config(
+        nms_type in (None, "standard")
+        or cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN"
+        or heads not in _DETECTRON2_ROI_HEADS,
+        "MODEL.D2ALIGN_ROI_HEADS.NMS_TYPE",
+        nms_type,
+        f"detectron2's {heads} does not read it: set MODEL.ROI_HEADS.NAME to "
+        "D2AlignStandardROIHeads or D2AlignCascadeROIHeads",
+    )
