@@ -39,7 +39,8 @@ def dynamic_coefficient(pred_boxes: Tensor, target_boxes: Tensor, eps: float = 1
     """lambda of eq. 1 for each positive anchor (see the module docstring).
 
     Args:
-        pred_boxes (Tensor[P, 4]): decoded predicted boxes, XYXY, positive width and height.
+        pred_boxes (Tensor[P, 4]): decoded predicted boxes, XYXY (a zero height counts as the
+            largest aspect error).
         target_boxes (Tensor[P, 4]): their target (ground-truth) boxes, XYXY, positive width
             and height.
         eps (float): epsilon of eq. 1, >= 0.
@@ -57,13 +58,13 @@ def dynamic_coefficient(pred_boxes: Tensor, target_boxes: Tensor, eps: float = 1
     with torch.no_grad():
         pred_c, pred_w, pred_h = _centers_and_sizes(pred_boxes)
         gt_c, gt_w, gt_h = _centers_and_sizes(target_boxes)
-        if not ((gt_w > 0).all() and (gt_h > 0).all() and (pred_h > 0).all()):
-            raise ValueError(
-                "dynamic_coefficient: target boxes need positive width and height, predicted "
-                "boxes a positive height (aspect ratio w / h)"
-            )
+        if not ((gt_w > 0).all() and (gt_h > 0).all()):
+            raise ValueError("dynamic_coefficient: target boxes need positive width and height")
         center_error = (((pred_c - gt_c) / torch.stack([gt_w, gt_h], dim=1)) ** 2).sum(dim=1)
-        aspect_error = (pred_w / pred_h - gt_w / gt_h).abs()
+        # a collapsed prediction (height 0 after exp underflow) has an infinite aspect error:
+        # Tanh gives 1, its largest penalty
+        pred_h = pred_h.clamp(min=torch.finfo(pred_h.dtype).tiny)
+        aspect_error = (pred_w.clamp(min=0) / pred_h - gt_w / gt_h).abs()
         return 1.0 / (torch.sigmoid(center_error) + torch.tanh(aspect_error) + eps)
 
 

@@ -70,6 +70,13 @@ def test_center_error_is_scale_invariant():
     )
 
 
+def test_collapsed_prediction_gets_the_largest_aspect_penalty():
+    target = torch.tensor([[0.0, 0.0, 10.0, 20.0]])
+    flat = torch.tensor([[0.0, 10.0, 10.0, 10.0]])  # same centre, height 0
+    want = torch.tensor([1.0 / (0.5 + 1.0 + EPS)])
+    torch.testing.assert_close(dynamic_coefficient(flat, target, EPS), want)
+
+
 def test_bad_boxes_are_refused():
     good = torch.tensor([[0.0, 0.0, 10.0, 20.0]])
     with pytest.raises(ValueError, match="positive width and height"):
