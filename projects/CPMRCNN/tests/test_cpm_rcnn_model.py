@@ -213,7 +213,9 @@ def test_a_few_iterations_lower_every_loss():
             optimizer.zero_grad()
             sum(losses.values()).backward()
             optimizer.step()
-    for key in ("loss_cls", "loss_grid_stage1", "loss_rsm", "loss_rpn_cls"):
+    assert set(history[0]) == {"loss_cls", "loss_grid_stage1", "loss_ism", "loss_rsm",
+                               "loss_rpn_cls", "loss_rpn_loc"}  # fmt: skip
+    for key in history[0]:
         first = sum(h[key] for h in history[:4]) / 4
         last = sum(h[key] for h in history[-4:]) / 4
         assert last < first, (key, first, last)
