@@ -80,7 +80,7 @@ def iac_assignment(
     alpha: float = 0.5,
     score_thresh: float = 0.75,
     iou_thresholds: Tuple[float, float] = (0.4, 0.5),
-) -> Tuple[Tensor, Tensor]:
+) -> Tuple[Tensor, Tensor, Tensor]:
     """Classification labels and matched ground truths of one image (module docstring).
 
     Args:
@@ -93,8 +93,9 @@ def iac_assignment(
         iou_thresholds (tuple[float, float]): (bg_threshold, fg_threshold) of eq. 5.
 
     Returns:
-        cls_labels (Tensor[A], int64) and matched_gt (Tensor[A], int64); the anchors trained
-        for regression are the positives (cls_labels in [0, K)).
+        cls_labels (Tensor[A], int64), matched_gt (Tensor[A], int64) and promoted (Tensor[A],
+        bool): the positives that only eq. 5's score clause makes positive. The anchors
+        trained for regression are the positives (cls_labels in [0, K)).
     """
     if not 0.0 < score_thresh <= 1.0:
         raise ValueError(
@@ -110,6 +111,7 @@ def iac_assignment(
         return (
             torch.full((num_anchors,), num_classes, dtype=torch.int64, device=anchors.device),
             torch.zeros(num_anchors, dtype=torch.int64, device=anchors.device),
+            torch.zeros(num_anchors, dtype=torch.bool, device=anchors.device),
         )
     iou = pairwise_iou(Boxes(gt_boxes), Boxes(anchors))  # (G, A)
     matched, labels = static_iou_assignment(iou, *iou_thresholds)
@@ -123,4 +125,4 @@ def iac_assignment(
         labels == 1, gt_classes[matched], torch.full_like(matched, num_classes)
     )
     cls_labels[labels == -1] = -1
-    return cls_labels, matched
+    return cls_labels, matched, promoted

@@ -22,6 +22,7 @@ from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import get_event_storage
 from torch import Tensor
 
 from d2align.modeling import D2AlignRetinaNet
@@ -100,6 +101,8 @@ class DCLossRetinaNet(D2AlignRetinaNet):
         pred_anchor_deltas: List[Tensor],
     ) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
         """Training targets of every image: IAC (eq. 4-5) or, when disabled, detectron2's.
+        Logs `num_iac_promoted_anchors` per image: the positives that only eq. 5's score clause
+        makes positive.
 
         Args:
             anchors (list[Boxes]): #levels Boxes, (Hi * Wi * Ai, 4) each.
@@ -116,9 +119,9 @@ class DCLossRetinaNet(D2AlignRetinaNet):
             return super().assign_anchors(anchors, gt_instances, pred_logits, pred_anchor_deltas)
         anchors = Boxes.cat(anchors).tensor  # (R, 4)
         scores = cat(pred_logits, dim=1).detach().sigmoid()  # (N, R, K)
-        gt_labels, gt_boxes, reg_masks = [], [], []
+        gt_labels, gt_boxes, reg_masks, num_promoted = [], [], [], 0
         for image_scores, gt in zip(scores, gt_instances):
-            labels, matched = iac_assignment(
+            labels, matched, promoted = iac_assignment(
                 anchors,
                 gt.gt_boxes.tensor,
                 gt.gt_classes,
@@ -132,6 +135,8 @@ class DCLossRetinaNet(D2AlignRetinaNet):
             boxes = gt.gt_boxes.tensor
             gt_boxes.append(boxes[matched] if len(gt) > 0 else torch.zeros_like(anchors))
             reg_masks.append((labels >= 0) & (labels != self.num_classes))
+            num_promoted += int(promoted.sum())
+        get_event_storage().put_scalar("num_iac_promoted_anchors", num_promoted / len(scores))
         return gt_labels, gt_boxes, reg_masks
 
     def classification_loss(

@@ -142,9 +142,14 @@ def _scores(p_of_class1):
 
 
 def _assign(alpha, thresh=0.75, p=P_HAT, anchors=ANCHORS, gt=GT, classes=GT_CLASSES):
-    return iac_assignment(
+    """(labels, matched) of iac_assignment; its promoted mask is checked against the static
+    rule's labels."""
+    labels, matched, promoted = iac_assignment(
         anchors, gt, classes, _scores(p), num_classes=K, alpha=alpha, score_thresh=thresh
     )
+    _, static = static_iou_assignment(pairwise_iou(Boxes(gt), Boxes(anchors)))
+    assert torch.equal(promoted, (labels >= 0) & (labels < K) & (static != 1))
+    return labels, matched
 
 
 def test_iac_scores_by_hand():
@@ -182,11 +187,11 @@ def test_threshold_one_needs_both_terms_at_one():
 
 
 def test_zero_gt_image_is_all_background():
-    labels, matched = iac_assignment(
+    labels, matched, promoted = iac_assignment(
         ANCHORS, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), _scores(P_HAT),
         num_classes=K,
     )  # fmt: skip
-    assert labels.tolist() == [K] * 5 and matched.tolist() == [0] * 5
+    assert labels.tolist() == [K] * 5 and matched.tolist() == [0] * 5 and not promoted.any()
 
 
 def test_promoted_anchor_goes_to_the_gt_of_highest_score():
@@ -195,12 +200,13 @@ def test_promoted_anchor_goes_to_the_gt_of_highest_score():
     gts = torch.tensor([[0.0, 0.0, 40.0, 40.0], [30.0, 0.0, 70.0, 40.0]])
     anchors = torch.cat([gts, torch.tensor([[25.0, 10.0, 45.0, 30.0]])])
     scores = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.2, 0.9]])
-    labels, matched = iac_assignment(
+    labels, matched, promoted = iac_assignment(
         anchors, gts, torch.tensor([0, 1]), scores, num_classes=K, alpha=0.5, score_thresh=0.75
     )
+    assert promoted.tolist() == [False, False, True]
     assert labels.tolist() == [0, 1, 1] and matched.tolist() == [0, 1, 1]
     scores[2] = torch.tensor([0.9, 0.2])
-    labels, matched = iac_assignment(
+    labels, matched, _ = iac_assignment(
         anchors, gts, torch.tensor([0, 1]), scores, num_classes=K, alpha=0.5, score_thresh=0.75
     )
     assert labels.tolist() == [0, 1, 0] and matched.tolist() == [0, 1, 0]

@@ -180,10 +180,12 @@ def test_baseline_row_is_detectron2_retinanet():
 
 
 def _labels(model, batch):
-    with torch.no_grad(), EventStorage():
+    """(labels (N, R), regression masks (N, R), logged promoted anchors per image or None)."""
+    with torch.no_grad(), EventStorage() as storage:
         anchors, logits, deltas, gts = _dense(model, batch)
         labels, _, reg_masks = model.assign_anchors(anchors, gts, logits, deltas)
-    return torch.stack(labels), torch.stack(reg_masks)
+    promoted = storage.latest().get("num_iac_promoted_anchors")
+    return torch.stack(labels), torch.stack(reg_masks), promoted and promoted[0]
 
 
 def test_iac_starts_as_the_static_rule_and_adds_confident_anchors():
@@ -194,16 +196,17 @@ def test_iac_starts_as_the_static_rule_and_adds_confident_anchors():
     iac, static = build_model(_tiny_cfg("iac")), build_model(_tiny_cfg("retinanet"))
     static.load_state_dict(iac.state_dict())
     batch = _fixed_batch()
-    iac_labels, _ = _labels(iac, batch)
-    static_labels, _ = _labels(static, batch)
-    assert torch.equal(iac_labels, static_labels)
+    iac_labels, _, promoted = _labels(iac, batch)
+    static_labels, _, _ = _labels(static, batch)
+    assert torch.equal(iac_labels, static_labels) and promoted == 0
     for model in (iac, static):
         _randomize_head(model, cls_bias=2.0, cls_std=0.1)
-    iac_labels, iac_reg = _labels(iac, batch)
-    static_labels, _ = _labels(static, batch)
+    iac_labels, iac_reg, promoted = _labels(iac, batch)
+    static_labels, _, _ = _labels(static, batch)
     fg, static_fg = (iac_labels >= 0) & (iac_labels < 6), (static_labels >= 0) & (static_labels < 6)
     assert torch.equal(iac_labels[static_fg], static_labels[static_fg])
     assert fg.sum() > static_fg.sum()
+    assert promoted == (fg.sum() - static_fg.sum()).item() / len(batch)
     assert torch.equal(iac_reg, fg)
 
 
