@@ -27,8 +27,8 @@ the object positive). Labels (eq. 5), with [bg, fg] = MODEL.RETINANET.IOU_THRESH
 alpha = 0 makes the rule prediction-free (static rule plus the anchors whose intersection over
 the smaller area reaches the threshold); alpha = 1 adds the anchors overlapping a ground truth
 whose predicted probability of its class reaches the threshold. A threshold above every s
-(e.g. p^ at the focal-loss prior 0.01 with alpha = 0.5, threshold 0.75 and an anchor not
-contained in the box) leaves the static rule unchanged.
+(e.g. p^ at the focal-loss prior 0.01 with alpha = 0.5 and a threshold above 0.505) leaves
+the static rule unchanged.
 """
 
 from typing import Tuple
@@ -78,7 +78,7 @@ def iac_assignment(
     *,
     num_classes: int,
     alpha: float = 0.5,
-    score_thresh: float = 0.75,
+    score_thresh: float = 0.6,
     iou_thresholds: Tuple[float, float] = (0.4, 0.5),
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Classification labels and matched ground truths of one image (module docstring).

@@ -26,7 +26,7 @@ def add_dc_loss_config(cfg: CN) -> None:
     # in [0, 1]. 0: geometry only; 1: the predicted score only (on anchors overlapping the GT).
     _I.ALPHA = 0.5
     # score_threshold of eq. 5: an anchor with s >= this is positive; in (0, 1].
-    _I.SCORE_THRESH = 0.75
+    _I.SCORE_THRESH = 0.6
     # Dynamic Coefficient loss (eq. 1-3) on the positives' classification loss
     cfg.MODEL.DC_LOSS.DC = CN()
     _D = cfg.MODEL.DC_LOSS.DC

@@ -47,7 +47,7 @@ class DCLossRetinaNet(D2AlignRetinaNet):
         *,
         iac_enabled: bool = True,
         iac_alpha: float = 0.5,
-        iac_score_thresh: float = 0.75,
+        iac_score_thresh: float = 0.6,
         dc_enabled: bool = True,
         dc_eps: float = 1e-6,
         iou_thresholds: Tuple[float, float] = (0.4, 0.5),
