@@ -29,10 +29,10 @@ import statistics
 import time
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_test_loader
 from detectron2.modeling import build_model
 
+from d2align.checkpoint import D2AlignCheckpointer
 from d2align.engine import load_config
 from d2align.projects.iou_net import add_iou_net_config
 
@@ -92,7 +92,7 @@ def main(argv=None):
     torch.manual_seed(0)
     iou_net = build_model(cfg).eval()
     if args.weights:
-        DetectionCheckpointer(iou_net).load(args.weights)
+        D2AlignCheckpointer.from_config(cfg, iou_net, eval_only=True).load(args.weights)
     baseline = build_model(base_cfg).eval()
     state = {k: v for k, v in iou_net.state_dict().items() if ".iou_branch." not in k}
     baseline.load_state_dict(state, strict=True)

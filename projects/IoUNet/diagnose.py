@@ -23,12 +23,12 @@ import json
 import os
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
 from torchvision.ops import batched_nms
 
+from d2align.checkpoint import D2AlignCheckpointer
 from d2align.diagnostics import (
     IOU_BIN_EDGES,
     MisalignmentAccumulator,
@@ -101,7 +101,9 @@ def main(argv=None):
             f"{args.config_file}: MODEL.ROI_HEADS.NAME must be 'IoUNetROIHeads' (a model with "
             f"an IoU predictor), got {cfg.MODEL.ROI_HEADS.NAME!r}"
         )
-    DetectionCheckpointer(model).load(args.weights or cfg.MODEL.WEIGHTS)
+    D2AlignCheckpointer.from_config(cfg, model, eval_only=True).load(
+        args.weights or cfg.MODEL.WEIGHTS
+    )
     if not cfg.DATASETS.TEST:
         raise ValueError(f"{args.config_file}: DATASETS.TEST is empty")
     dataset = cfg.DATASETS.TEST[0]

@@ -18,12 +18,12 @@ import os
 
 import cv2
 import numpy as np
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import convert_image_to_rgb
 from detectron2.modeling import build_model
 
+from d2align.checkpoint import D2AlignCheckpointer
 from d2align.engine import load_config
 from d2align.projects.mutual_guidance import add_mutual_guidance_config
 from d2align.projects.mutual_guidance.visualize import draw_difference, positive_anchors
@@ -40,7 +40,7 @@ def main(argv=None):
 
     cfg = load_config(args.config_file, args.opts, [add_mutual_guidance_config])
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    D2AlignCheckpointer.from_config(cfg, model, eval_only=True).load(cfg.MODEL.WEIGHTS)
     mapper = DatasetMapper(
         is_train=True,  # keeps the annotations
         augmentations=[T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
