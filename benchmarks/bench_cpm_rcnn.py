@@ -19,16 +19,17 @@ import os
 import torch
 from detectron2.modeling import build_model
 
-from d2align.data.from_config import register_data_from_config
-from d2align.engine import build_config
 from d2align.projects.cpm_rcnn import add_cpm_rcnn_config
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.bench_cpm_rcnn
-    from bench_offset_bin import load_shared_weights
-    from paired_timing import print_ratios, time_models
+    from paired_timing import benchmark_config, load_shared_weights, print_ratios, time_models
 except ImportError:  # pragma: no cover
-    from benchmarks.bench_offset_bin import load_shared_weights
-    from benchmarks.paired_timing import print_ratios, time_models
+    from benchmarks.paired_timing import (
+        benchmark_config,
+        load_shared_weights,
+        print_ratios,
+        time_models,
+    )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASTER = os.path.join(ROOT, "configs", "shapes", "faster_rcnn_R18_FPN_scratch.yaml")
@@ -47,13 +48,6 @@ def _stages(n: int):
     ]  # fmt: skip
 
 
-def _cfg(config_file: str, opts):
-    cfg = build_config(config_file, ["DATALOADER.NUM_WORKERS", "0"] + list(opts),
-                       [add_cpm_rcnn_config])  # fmt: skip
-    register_data_from_config(cfg)
-    return cfg
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per model")
@@ -63,9 +57,11 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfgs = {REFERENCE: _cfg(FASTER, args.opts)}
+    cfgs = {REFERENCE: benchmark_config(FASTER, args.opts, [add_cpm_rcnn_config])}
     for n in (1, 2, 3):
-        cfgs[f"CPM R-CNN, {n} stage(s)"] = _cfg(CPM, _stages(n) + list(args.opts))
+        cfgs[f"CPM R-CNN, {n} stage(s)"] = benchmark_config(
+            CPM, _stages(n) + list(args.opts), [add_cpm_rcnn_config]
+        )
     models = {}
     for name, cfg in cfgs.items():
         torch.manual_seed(cfg.SEED)

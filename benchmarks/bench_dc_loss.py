@@ -22,29 +22,23 @@ import math
 import os
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from d2align.data.from_config import register_data_from_config
-from d2align.engine import build_config
+from d2align.checkpoint import D2AlignCheckpointer
 from d2align.projects.dc_loss import add_dc_loss_config
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.bench_dc_loss
-    from paired_timing import print_ratios, time_models
+    from paired_timing import benchmark_config, print_ratios, time_models
 except ImportError:  # pragma: no cover
-    from benchmarks.paired_timing import print_ratios, time_models
+    from benchmarks.paired_timing import benchmark_config, print_ratios, time_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "projects", "DCLoss", "configs", "shapes")
 ROWS = ("retinanet", "iac_dc", "iac_dc_clnms")
 
 
-def _cfg(row: str, opts):
-    config = os.path.join(CONFIGS, f"{row}_R18_FPN_scratch.yaml")
-    cfg = build_config(config, ["DATALOADER.NUM_WORKERS", "0"] + list(opts),
-                       [add_dc_loss_config])  # fmt: skip
-    register_data_from_config(cfg)
-    return cfg
+def _config_file(row: str) -> str:
+    return os.path.join(CONFIGS, f"{row}_R18_FPN_scratch.yaml")
 
 
 def main():
@@ -57,12 +51,16 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfgs = {row: _cfg(row, args.opts) for row in ROWS}
+    cfgs = {
+        row: benchmark_config(_config_file(row), args.opts, [add_dc_loss_config]) for row in ROWS
+    }
     torch.manual_seed(cfgs["retinanet"].SEED)
     models = {row: build_model(cfg) for row, cfg in cfgs.items()}
     reference = models["retinanet"]
     if args.weights:
-        DetectionCheckpointer(reference).load(args.weights)
+        D2AlignCheckpointer.from_config(cfgs["retinanet"], reference, eval_only=True).load(
+            args.weights
+        )
     else:
         prior = 0.1
         torch.nn.init.constant_(reference.head.cls_score.bias, -math.log((1 - prior) / prior))

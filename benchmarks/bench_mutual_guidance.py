@@ -16,25 +16,15 @@ import os
 import torch
 from detectron2.modeling import build_model
 
-from d2align.data.from_config import register_data_from_config
-from d2align.engine import build_config
 from d2align.projects.mutual_guidance import add_mutual_guidance_config
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.bench_mutual_guidance
-    from paired_timing import print_ratios, time_models
+    from paired_timing import benchmark_config, print_ratios, time_models
 except ImportError:  # pragma: no cover
-    from benchmarks.paired_timing import print_ratios, time_models
+    from benchmarks.paired_timing import benchmark_config, print_ratios, time_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "projects", "MutualGuidance", "configs", "shapes")
-
-
-def _cfg(assignment: str, opts):
-    config = os.path.join(CONFIGS, f"{assignment}_R18_FPN_scratch.yaml")
-    cfg = build_config(config, ["DATALOADER.NUM_WORKERS", "0"] + list(opts),
-                       [add_mutual_guidance_config])  # fmt: skip
-    register_data_from_config(cfg)
-    return cfg
 
 
 def main():
@@ -46,7 +36,14 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfgs = {name: _cfg(name, args.opts) for name in ("static", "mutual_guidance")}
+    cfgs = {
+        name: benchmark_config(
+            os.path.join(CONFIGS, f"{name}_R18_FPN_scratch.yaml"),
+            args.opts,
+            [add_mutual_guidance_config],
+        )
+        for name in ("static", "mutual_guidance")
+    }
     torch.manual_seed(cfgs["static"].SEED)
     models = {name: build_model(cfg) for name, cfg in cfgs.items()}
     models["mutual_guidance"].load_state_dict(models["static"].state_dict())

@@ -19,14 +19,17 @@ import os
 import torch
 from detectron2.modeling import build_model
 
-from d2align.data.from_config import register_data_from_config
-from d2align.engine import build_config
 from d2align.projects.offset_bin import add_offset_bin_config
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.bench_offset_bin
-    from paired_timing import print_ratios, time_models
+    from paired_timing import benchmark_config, load_shared_weights, print_ratios, time_models
 except ImportError:  # pragma: no cover
-    from benchmarks.paired_timing import print_ratios, time_models
+    from benchmarks.paired_timing import (
+        benchmark_config,
+        load_shared_weights,
+        print_ratios,
+        time_models,
+    )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = os.path.join(ROOT, "projects", "OffsetBin", "configs", "shapes")
@@ -49,22 +52,6 @@ CONFIGS = {
 }
 
 
-def _cfg(config_file: str, opts):
-    cfg = build_config(config_file, ["DATALOADER.NUM_WORKERS", "0"] + list(opts),
-                       [add_offset_bin_config])  # fmt: skip
-    register_data_from_config(cfg)
-    return cfg
-
-
-def load_shared_weights(model: torch.nn.Module, source: torch.nn.Module) -> int:
-    """Copy into `model` every tensor of `source` with the same name and shape; returns how many
-    tensors were copied."""
-    own = model.state_dict()
-    shared = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(shared, strict=False)
-    return len(shared)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per model")
@@ -74,7 +61,10 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfgs = {name: _cfg(path, args.opts) for name, (path, _) in CONFIGS.items()}
+    cfgs = {
+        name: benchmark_config(path, args.opts, [add_offset_bin_config])
+        for name, (path, _) in CONFIGS.items()
+    }
     models = {}
     for name, (_, twin) in CONFIGS.items():
         torch.manual_seed(cfgs[name].SEED)

@@ -17,7 +17,38 @@ import torch
 from detectron2.data import build_detection_train_loader
 from detectron2.utils.events import EventStorage
 
-__all__ = ["train_step_seconds", "inference_seconds_per_image", "time_models", "print_ratios"]
+from d2align.data.from_config import register_data_from_config
+from d2align.engine import build_config
+
+__all__ = [
+    "benchmark_config",
+    "load_shared_weights",
+    "train_step_seconds",
+    "inference_seconds_per_image",
+    "time_models",
+    "print_ratios",
+]
+
+
+def benchmark_config(config_file: str, opts: Sequence[str], config_hooks: Sequence = ()):
+    """The frozen config of `config_file` with `opts`, loading data in the main process
+    (DATALOADER.NUM_WORKERS 0, so that data loading is not timed in another process), with its
+    datasets registered."""
+    cfg = build_config(
+        config_file, ["DATALOADER.NUM_WORKERS", "0"] + list(opts), list(config_hooks)
+    )
+    register_data_from_config(cfg)
+    return cfg
+
+
+def load_shared_weights(model: torch.nn.Module, source: torch.nn.Module) -> int:
+    """Copy into `model` every tensor of `source` with the same name and shape (so that two
+    detectors that differ in one head see the same backbone and proposals); returns how many
+    tensors were copied."""
+    own = model.state_dict()
+    shared = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(shared, strict=False)
+    return len(shared)
 
 
 def train_step_seconds(model: torch.nn.Module, optimizer, batch: List[dict]) -> float:
