@@ -1,12 +1,17 @@
-"""Helpers for tests and benchmarks: a tiny shapes dataset and a CPU-sized training config."""
+"""Helpers for tests and benchmarks: a tiny shapes dataset and a CPU-sized training config, tiny
+model configs, fixed batches, seeded heads and short SGD runs. Not imported by production code."""
 
 import os
-from typing import Iterable, Sequence, Tuple
+from typing import Iterable, List, Sequence, Tuple
 
+import pytest
+import torch
 from detectron2.config import CfgNode
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
 
 from .data.datasets import register_coco_instances_checked
-from .data.synthetic import ShapesSpec, generate_split
+from .data.synthetic import ShapesSpec, generate_split, render_sample
 from .engine import build_config
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))  # checkout
@@ -88,3 +93,229 @@ def tiny_training_config(
         output_dir,
     ]
     return build_config(os.path.join(ROOT, config_file), shrink + list(opts), config_hooks)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread for the test (on a shared 2-core machine, two threads contend
+    and run far slower; seeded values were recorded with one thread).
+
+    Import it into a test module and request it by name, or make it autouse there with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# Square anchors of three scales per level (RetinaNet's 2^(k/3)): neighbouring sizes overlap with
+# IoU 0.64, so the candidates of one location overlap above an NMS threshold of 0.5.
+THREE_SCALE_ANCHORS = (
+    "[[8, 10, 12.7], [16, 20, 25.4], [28, 35, 44.5], [48, 60, 76], [80, 100, 127]]"
+)
+
+
+def tiny_retinanet_opts(anchor_sizes: str = THREE_SCALE_ANCHORS) -> List[str]:
+    """Config overrides shrinking a RetinaNet config to a tiny CPU model for 64 px images.
+
+    32 FPN channels, one head conv, no head norm (per-level BN needs > 1 value per channel,
+    which P7 (1x1) of one 64 px image does not give), square anchors of `anchor_sizes`.
+
+    Args:
+        anchor_sizes: MODEL.ANCHOR_GENERATOR.SIZES, one list per level P3..P7.
+
+    Returns:
+        The overrides as a flat [key, value, ...] list.
+    """
+    return [
+        "MODEL.FPN.OUT_CHANNELS", "32",
+        "MODEL.RETINANET.NUM_CONVS", "1",
+        "MODEL.RETINANET.NORM", "",
+        "MODEL.ANCHOR_GENERATOR.SIZES", anchor_sizes,
+        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[1.0]]",
+    ]  # fmt: skip
+
+
+def tiny_rcnn_opts(post_nms_topk_test: int = 8) -> List[str]:
+    """Config overrides shrinking a Faster / Cascade R-CNN config to a tiny CPU model with
+    random weights: 32 FPN channels, a 32-wide box head, 64 proposals in training and
+    `post_nms_topk_test` at test time, 32 sampled RoIs per image.
+
+    Args:
+        post_nms_topk_test: MODEL.RPN.POST_NMS_TOPK_TEST.
+
+    Returns:
+        The overrides as a flat [key, value, ...] list.
+    """
+    return [
+        "MODEL.DEVICE", "cpu",
+        "MODEL.FPN.OUT_CHANNELS", "32",
+        "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
+        "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64",
+        "MODEL.RPN.POST_NMS_TOPK_TEST", str(post_nms_topk_test),
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
+    ]  # fmt: skip
+
+
+def gt_instances(boxes: Sequence, classes: Sequence[int], image_size: int = 64) -> Instances:
+    """Ground truth of one square image.
+
+    Args:
+        boxes: N boxes (x0, y0, x1, y1) in pixels, N >= 0.
+        classes: N class indices.
+        image_size: side of the image in pixels.
+
+    Returns:
+        Instances with gt_boxes (Boxes[N], float32) and gt_classes (Tensor[N], int64).
+    """
+    instances = Instances((image_size, image_size))
+    instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
+    return instances
+
+
+def noise_image_input(
+    boxes: Sequence, classes: Sequence[int], generator: torch.Generator, image_size: int = 64
+) -> dict:
+    """A model input of uniform noise in [0, 255) with the given ground truth.
+
+    Args:
+        boxes: N boxes (x0, y0, x1, y1) in pixels.
+        classes: N class indices.
+        generator: draws the image (one `torch.rand` call of 3 x size x size values).
+        image_size: side of the image in pixels.
+
+    Returns:
+        {"image": Tensor[3, size, size], "instances": Instances}.
+    """
+    target = gt_instances(boxes, classes, image_size)
+    image = torch.rand(3, image_size, image_size, generator=generator) * 255
+    return {"image": image, "instances": target}
+
+
+def shapes_batch(num_images: int = 2, image_size: int = 64, seed: int = 3) -> List[dict]:
+    """Training images of the embedded shapes generator as model inputs (no file I/O).
+
+    Objects of 16 to 48 px, no empty image; boxes are the tight boxes of the objects' masks.
+
+    Args:
+        num_images: images of the "train" split, from index 0.
+        image_size: side of the images in pixels.
+        seed: seed of the generator's spec.
+
+    Returns:
+        [{"image": Tensor[3, size, size], "instances": Instances, "height", "width"}, ...].
+    """
+    spec = ShapesSpec(
+        image_size=image_size, object_size=(16.0, 48.0), empty_fraction=0.0, seed=seed
+    )
+    batch = []
+    for index in range(num_images):
+        image, objects = render_sample(spec, "train", index)
+        boxes = []
+        for obj in objects:
+            ys, xs = obj["mask"].nonzero()
+            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        instances = gt_instances(boxes, [o["category_id"] - 1 for o in objects], image_size)
+        tensor = torch.as_tensor(image.transpose(2, 0, 1).copy()).float()
+        batch.append(
+            {"image": tensor, "instances": instances, "height": image_size, "width": image_size}
+        )
+    return batch
+
+
+def randomize_retinanet_head(
+    model: torch.nn.Module, cls_bias: float, cls_std: float, box_std: float
+) -> None:
+    """Seeded (generator seed 0) output layers of a RetinaNet head, so that scores and regressed
+    boxes vary over anchors: weights N(0, 0.1) (classification) and N(0, 0.05) (regression),
+    biases N(cls_bias, cls_std) and N(0, box_std).
+
+    Args:
+        model: a model with `head.cls_score` and `head.bbox_pred` (detectron2's RetinaNetHead).
+        cls_bias: mean classification logit.
+        cls_std: spread of the classification biases.
+        box_std: spread of the regression biases.
+    """
+    generator = torch.Generator().manual_seed(0)
+    head = model.head
+    with torch.no_grad():
+        for layer, std, bias, spread in (
+            (head.cls_score, 0.1, cls_bias, cls_std),
+            (head.bbox_pred, 0.05, 0.0, box_std),
+        ):
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std)
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=generator) * spread + bias)
+
+
+def unnormalized_loss(model: torch.nn.Module, batch: List[dict]) -> float:
+    """Total loss of a RetinaNet times the normalizer it was divided by (the normalizer is a
+    moving average that starts at 100, so normalized losses are not comparable across
+    iterations). Runs without gradients; call it inside an EventStorage."""
+    with torch.no_grad():
+        total = sum(model(batch).values()).item()
+    return total * model.loss_normalizer
+
+
+def overfit_retinanet(
+    model: torch.nn.Module, batch: List[dict], iterations: int
+) -> Tuple[float, float, torch.Tensor]:
+    """SGD (lr 0.01, momentum 0.9) on one fixed batch, in training mode.
+
+    Args:
+        model: a RetinaNet with a `loss_normalizer`.
+        batch: the model inputs of every iteration.
+        iterations: SGD steps.
+
+    Returns:
+        (unnormalized loss before, unnormalized loss after, Tensor[iterations] of the total
+        loss of every step).
+    """
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    totals = []
+    with EventStorage():
+        initial = unnormalized_loss(model, batch)
+        for _ in range(iterations):
+            total = sum(model(batch).values())
+            totals.append(total.detach())
+            optimizer.zero_grad()
+            total.backward()
+            optimizer.step()
+        final = unnormalized_loss(model, batch)
+    return initial, final, torch.stack(totals)
+
+
+def recorded_sgd_losses(
+    model: torch.nn.Module,
+    batch: List[dict],
+    steps: int = 3,
+    record: Sequence[int] = (0, 2),
+    keys: Sequence[str] = ("loss_cls", "loss_box_reg"),
+) -> List[Tuple[float, ...]]:
+    """Losses at some steps of SGD (lr 0.01, momentum 0.9) on one fixed batch, in training mode:
+    the seeded regression values of a model.
+
+    Args:
+        model: a detector returning a dict of losses in training.
+        batch: the model inputs of every step.
+        steps: SGD steps.
+        record: the steps whose losses are returned (before that step's update).
+        keys: the losses returned, in this order.
+
+    Returns:
+        One tuple of the `keys`' values per recorded step.
+    """
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    measured = []
+    with EventStorage():
+        for step in range(steps):
+            losses = model(batch)
+            if step in record:
+                measured.append(tuple(losses[key].item() for key in keys))
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+    return measured

@@ -6,64 +6,34 @@ import os
 import pytest
 import torch
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from d2align.data import ShapesSpec, render_sample
 from d2align.engine import build_config
 from d2align.projects.mutual_guidance import ASSIGNMENTS, add_mutual_guidance_config
+from d2align.testing import (  # noqa: F401 (one_thread: a fixture)
+    gt_instances,
+    one_thread,
+    overfit_retinanet,
+    recorded_sgd_losses,
+    shapes_batch,
+    tiny_retinanet_opts,
+)
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = os.path.join(PROJECT, "configs", "shapes")
 SIZE = 64  # tiny images: P3..P7 = 8x8 .. 1x1 cells
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 threads contend and run far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
+# two anchor scales per level
+ANCHOR_SIZES = "[[8, 12], [16, 24], [28, 40], [48, 64], [80, 96]]"
 
 
 def _tiny_cfg(assignment="mutual_guidance", opts=()):
     config = os.path.join(SHAPES, f"{assignment}_R18_FPN_scratch.yaml")
-    shrink = [
-        "MODEL.FPN.OUT_CHANNELS", "32",
-        "MODEL.RETINANET.NUM_CONVS", "1",
-        # no head norm: the shapes baseline's per-level BN needs > 1 value per channel, which a
-        # single 64 px image does not give on P7 (1x1); these tests are about the assignment
-        "MODEL.RETINANET.NORM", "",
-        "MODEL.ANCHOR_GENERATOR.SIZES", "[[8, 12], [16, 24], [28, 40], [48, 64], [80, 96]]",
-        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[1.0]]",
-    ]  # fmt: skip
+    # no head norm (tiny_retinanet_opts): these tests are about the assignment
+    shrink = tiny_retinanet_opts(ANCHOR_SIZES)
     return build_config(config, shrink + list(opts), [add_mutual_guidance_config])
-
-
-def _fixed_batch(num_images=2):
-    """Images of the embedded dataset's generator at 64 px, as model inputs (no file I/O)."""
-    spec = ShapesSpec(image_size=SIZE, object_size=(16.0, 48.0), empty_fraction=0.0, seed=3)
-    batch = []
-    for index in range(num_images):
-        image, objects = render_sample(spec, "train", index)
-        boxes = []
-        for obj in objects:
-            ys, xs = obj["mask"].nonzero()
-            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-        instances = Instances((SIZE, SIZE))
-        instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-        instances.gt_classes = torch.tensor([o["category_id"] - 1 for o in objects])
-        tensor = torch.as_tensor(image.transpose(2, 0, 1).copy()).float()
-        batch.append({"image": tensor, "instances": instances, "height": SIZE, "width": SIZE})
-    return batch
-
-
-def _instances(boxes, classes):
-    instances = Instances((SIZE, SIZE))
-    instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-    instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
-    return instances
 
 
 @pytest.mark.parametrize(
@@ -99,14 +69,6 @@ def test_bad_config_names_the_key(key, value, match):
         build_model(_tiny_cfg(opts=[key, value]))
 
 
-def _unnormalized_loss(model, batch) -> float:
-    """Total loss times the normalizer it was divided by (the normalizer is a moving average
-    that starts at 100, so normalized losses are not comparable across iterations)."""
-    with torch.no_grad():
-        total = sum(model(batch).values()).item()
-    return total * model.loss_normalizer
-
-
 ITERATIONS = 80  # at 40, the loss ended at 0.52-0.66x of its start depending on threads
 
 
@@ -115,18 +77,8 @@ def test_loss_falls(assignment):
     """A few SGD steps on one fixed batch lower the total loss, for each of the four rules."""
     torch.manual_seed(0)
     model = build_model(_tiny_cfg(assignment))
-    model.train()
-    batch = _fixed_batch()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    with EventStorage():
-        initial = _unnormalized_loss(model, batch)
-        for _ in range(ITERATIONS):
-            total = sum(model(batch).values())
-            assert torch.isfinite(total)
-            optimizer.zero_grad()
-            total.backward()
-            optimizer.step()
-        final = _unnormalized_loss(model, batch)
+    initial, final, totals = overfit_retinanet(model, shapes_batch(), ITERATIONS)
+    assert torch.isfinite(totals).all()
     assert final < 0.7 * initial, (initial, final)
 
 
@@ -164,23 +116,12 @@ def test_seeded_regression_values(assignment):
         "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[0.5, 1.0, 2.0]]",
     ]  # fmt: skip
     model = build_model(_tiny_cfg(assignment, opts))
-    model.train()
     with torch.no_grad():
         model.head.cls_score.weight.normal_(0.0, 0.1)
         model.head.cls_score.bias.normal_(-2.0, 1.0)
         model.head.bbox_pred.weight.normal_(0.0, 0.05)
         model.head.bbox_pred.bias.normal_(0.0, 0.2)
-    batch = _fixed_batch()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    measured = []
-    with EventStorage():
-        for step in range(3):
-            losses = model(batch)
-            if step in (0, 2):
-                measured.append((losses["loss_cls"].item(), losses["loss_box_reg"].item()))
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
+    measured = recorded_sgd_losses(model, shapes_batch())
     for got, want in zip(measured, REGRESSION[assignment]):
         assert got == pytest.approx(want, rel=1e-4), (assignment, measured)
 
@@ -193,9 +134,9 @@ def test_losses_finite_on_edge_cases(assignment):
     model.train()
     images = [torch.rand(3, SIZE, SIZE) * 255 for _ in range(3)]
     gts = [
-        _instances([], []),
-        _instances([[30.0, 30.0, 32.0, 32.0]], [4]),
-        _instances([[0.0, 0.0, 4.0, 8.0], [0.0, 0.0, 8.0, 3.0]], [0, 1]),
+        gt_instances([], []),
+        gt_instances([[30.0, 30.0, 32.0, 32.0]], [4]),
+        gt_instances([[0.0, 0.0, 4.0, 8.0], [0.0, 0.0, 8.0, 3.0]], [0, 1]),
     ]
     batch = [{"image": im, "instances": gt} for im, gt in zip(images, gts)]
     with EventStorage():
@@ -220,7 +161,7 @@ def test_inference_is_retinanets():
         for p in model.head.cls_score.parameters():  # make some scores pass the threshold
             p.normal_(0.0, 0.05)
         reference.load_state_dict(model.state_dict())
-        batch = [{"image": x["image"]} for x in _fixed_batch()]
+        batch = [{"image": x["image"]} for x in shapes_batch()]
         ours, theirs = model(batch), reference(batch)
     for a, b in zip(ours, theirs):
         assert len(a["instances"]) > 0
