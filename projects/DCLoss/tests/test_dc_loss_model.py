@@ -13,7 +13,6 @@ from detectron2.modeling import RetinaNet, build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from d2align.data import ShapesSpec, render_sample
 from d2align.engine import build_config
 from d2align.ops import cl_balanced_nms_reference
 from d2align.projects.dc_loss import (
@@ -22,6 +21,15 @@ from d2align.projects.dc_loss import (
     dynamic_coefficient,
     normalize_coefficient,
 )
+from d2align.testing import (  # noqa: F401 (one_thread: a fixture)
+    gt_instances,
+    one_thread,
+    overfit_retinanet,
+    randomize_retinanet_head,
+    recorded_sgd_losses,
+    shapes_batch,
+    tiny_retinanet_opts,
+)
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = os.path.join(PROJECT, "configs", "shapes")
@@ -29,67 +37,20 @@ SIZE = 64  # tiny images: P3..P7 = 8x8 .. 1x1 cells
 ROWS = ("retinanet", "iac", "iac_dc", "iac_dc_clnms")  # Table 2's four rows
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 threads contend and run far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_cfg(row="iac_dc_clnms", opts=()):
     config = os.path.join(SHAPES, f"{row}_R18_FPN_scratch.yaml")
-    shrink = [
-        "MODEL.FPN.OUT_CHANNELS", "32",
-        "MODEL.RETINANET.NUM_CONVS", "1",
-        # no head norm: per-level BN needs > 1 value per channel, which P7 (1x1) of one 64 px
-        # image does not give
-        "MODEL.RETINANET.NORM", "",
-        # three scales per level: candidates of one location overlap (NMS clusters), and small
-        # anchors lie inside the objects (IAC's intersection / smaller area = 1)
-        "MODEL.ANCHOR_GENERATOR.SIZES",
-        "[[8, 10, 12.7], [16, 20, 25.4], [28, 35, 44.5], [48, 60, 76], [80, 100, 127]]",
-        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[1.0]]",
-    ]  # fmt: skip
-    return build_config(config, shrink + list(opts), [add_dc_loss_config])
-
-
-def _fixed_batch(num_images=2):
-    """Images of the embedded dataset's generator at 64 px, as model inputs (no file I/O)."""
-    spec = ShapesSpec(image_size=SIZE, object_size=(16.0, 48.0), empty_fraction=0.0, seed=3)
-    batch = []
-    for index in range(num_images):
-        image, objects = render_sample(spec, "train", index)
-        boxes = []
-        for obj in objects:
-            ys, xs = obj["mask"].nonzero()
-            boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-        instances = _instances(boxes, [o["category_id"] - 1 for o in objects])
-        tensor = torch.as_tensor(image.transpose(2, 0, 1).copy()).float()
-        batch.append({"image": tensor, "instances": instances, "height": SIZE, "width": SIZE})
-    return batch
-
-
-def _instances(boxes, classes):
-    instances = Instances((SIZE, SIZE))
-    instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-    instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
-    return instances
+    # three scales per level (THREE_SCALE_ANCHORS): candidates of one location overlap (NMS
+    # clusters), and small anchors lie inside the objects (IAC's intersection / smaller area = 1)
+    return build_config(config, tiny_retinanet_opts() + list(opts), [add_dc_loss_config])
 
 
 def _randomize_head(model, cls_bias=-2.0, cls_std=1.0):
     """Seeded output layers: scores and regressed boxes vary over anchors (cls_bias: mean
-    logit; cls_std: spread of the class biases)."""
-    generator = torch.Generator().manual_seed(0)
-    head = model.head
-    with torch.no_grad():
-        for layer, std, bias, spread in (
-            (head.cls_score, 0.1, cls_bias, cls_std),
-            (head.bbox_pred, 0.05, 0.0, 0.2),
-        ):
-            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std)
-            layer.bias.copy_(torch.randn(layer.bias.shape, generator=generator) * spread + bias)
+    logit; cls_std: spread of the class biases; regression biases of spread 0.2)."""
+    randomize_retinanet_head(model, cls_bias, cls_std, box_std=0.2)
 
 
 def _dense(model, batch):
@@ -162,7 +123,7 @@ def test_baseline_row_is_detectron2_retinanet():
     _randomize_head(model)
     reference = RetinaNet(cfg)
     reference.load_state_dict(model.state_dict())
-    batch = _fixed_batch()
+    batch = shapes_batch()
     # fvcore's focal loss is TorchScript: its first calls (profiling runs) and the optimised
     # later ones differ in the last bit of the backward, so both models run after a warm-up
     warm_up = copy.deepcopy(reference)
@@ -195,7 +156,7 @@ def test_iac_starts_as_the_static_rule_and_adds_confident_anchors():
     torch.manual_seed(0)
     iac, static = build_model(_tiny_cfg("iac")), build_model(_tiny_cfg("retinanet"))
     static.load_state_dict(iac.state_dict())
-    batch = _fixed_batch()
+    batch = shapes_batch()
     iac_labels, _, promoted = _labels(iac, batch)
     static_labels, _, _ = _labels(static, batch)
     assert torch.equal(iac_labels, static_labels) and promoted == 0
@@ -217,7 +178,7 @@ def test_dc_reweights_positives_without_changing_the_loss_value():
     torch.manual_seed(0)
     model = build_model(_tiny_cfg("iac_dc"))
     _randomize_head(model)
-    batch = _fixed_batch()
+    batch = shapes_batch()
     with EventStorage():
         anchors, logits, deltas, gts = _dense(model, batch)
         labels, boxes, _ = model.assign_anchors(anchors, gts, logits, deltas)
@@ -247,14 +208,6 @@ def test_dc_reweights_positives_without_changing_the_loss_value():
     assert not torch.allclose(weighted_grad, plain_grad)
 
 
-def _unnormalized_loss(model, batch) -> float:
-    """Total loss times the normalizer it was divided by (the normalizer is a moving average
-    that starts at 100, so normalized losses are not comparable across iterations)."""
-    with torch.no_grad():
-        total = sum(model(batch).values()).item()
-    return total * model.loss_normalizer
-
-
 ITERATIONS = 20
 
 
@@ -267,18 +220,8 @@ def test_loss_falls(row):
     torch.manual_seed(0)
     model = build_model(_tiny_cfg(row))
     _randomize_head(model, cls_bias=0.0)  # scores of about 0.5: IAC promotes anchors
-    model.train()
-    batch = _fixed_batch()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    with EventStorage():
-        initial = _unnormalized_loss(model, batch)
-        for _ in range(ITERATIONS):
-            total = sum(model(batch).values())
-            assert torch.isfinite(total)
-            optimizer.zero_grad()
-            total.backward()
-            optimizer.step()
-        final = _unnormalized_loss(model, batch)
+    initial, final, totals = overfit_retinanet(model, shapes_batch(), ITERATIONS)
+    assert torch.isfinite(totals).all()
     # measured: 0.006 (row 1) to 0.012 (rows 2-4) of the initial loss
     assert final < 0.1 * initial, (initial, final)
 
@@ -305,18 +248,7 @@ def test_seeded_regression_values(row):
     torch.manual_seed(0)
     model = build_model(_tiny_cfg(row))
     _randomize_head(model, cls_bias=0.0)
-    model.train()
-    batch = _fixed_batch()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    measured = []
-    with EventStorage():
-        for step in range(3):
-            losses = model(batch)
-            if step in (0, 2):
-                measured.append((losses["loss_cls"].item(), losses["loss_box_reg"].item()))
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
+    measured = recorded_sgd_losses(model, shapes_batch())
     for got, want in zip(measured, REGRESSION[row]):
         assert got == pytest.approx(want, rel=1e-4), (row, measured)
 
@@ -332,9 +264,9 @@ def test_losses_finite_on_edge_cases(row):
     generator = torch.Generator().manual_seed(0)
     images = [torch.rand(3, SIZE, SIZE, generator=generator) * 255 for _ in range(3)]
     gts = [
-        _instances([], []),
-        _instances([[30.0, 30.0, 32.0, 32.0]], [4]),
-        _instances([[0.0, 0.0, 4.0, 8.0], [0.0, 0.0, 8.0, 3.0]], [0, 1]),
+        gt_instances([], []),
+        gt_instances([[30.0, 30.0, 32.0, 32.0]], [4]),
+        gt_instances([[0.0, 0.0, 4.0, 8.0], [0.0, 0.0, 8.0, 3.0]], [0, 1]),
     ]
     batch = [{"image": im, "instances": gt} for im, gt in zip(images, gts)]
     with EventStorage():
@@ -378,7 +310,7 @@ def test_cl_balanced_nms_equals_the_reference_on_the_models_candidates():
     _randomize_head(model, cls_bias=-3.0, cls_std=0.5)
     model.eval().records = []
     with torch.no_grad():
-        model([{"image": x["image"]} for x in _fixed_batch()])
+        model([{"image": x["image"]} for x in shapes_batch()])
     assert len(model.records) == 2
     differs = []
     for cands, dets in model.records:
