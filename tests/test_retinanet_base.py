@@ -17,70 +17,42 @@ from d2align.engine import build_config
 from d2align.modeling import D2AlignRetinaNet, per_class_nms
 from d2align.modeling.losses import balanced_l1_loss
 from d2align.ops import cl_balanced_nms_reference, soft_nms_reference
-from d2align.testing import ROOT
+from d2align.testing import (  # noqa: F401 (one_thread: a fixture)
+    ROOT,
+    THREE_SCALE_ANCHORS,
+    noise_image_input,
+    one_thread,
+    randomize_retinanet_head,
+    tiny_retinanet_opts,
+)
 
 CONFIG = f"{ROOT}/configs/shapes/retinanet_R18_FPN_scratch.yaml"
 SIZE = 64  # P3..P7 = 8x8 .. 1x1 cells
 NUM_CLASSES = 6
 NMS_THRESH = 0.3  # of the NMS-type tests
 CL_DIS_SCALE = 5.0  # of the CL-balanced test: a cluster's boxes nearly share their centre
-TINY = [
-    "MODEL.META_ARCHITECTURE", "D2AlignRetinaNet",
-    "MODEL.FPN.OUT_CHANNELS", "32",
-    "MODEL.RETINANET.NUM_CONVS", "1",
-    # no head norm: per-level BN needs > 1 value per channel, which P7 (1x1) of one 64 px
-    # image does not give
-    "MODEL.RETINANET.NORM", "",
-    # three scales per level (as RetinaNet's 2^(k/3)): neighbouring sizes overlap with IoU 0.64,
-    # so candidates of one location overlap above the NMS threshold
-    "MODEL.ANCHOR_GENERATOR.SIZES",
-    "[[8, 10, 12.7], [16, 20, 25.4], [28, 35, 44.5], [48, 60, 76], [80, 100, 127]]",
-    "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[1.0]]",
-]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, 2 threads contend and run far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+TINY = ["MODEL.META_ARCHITECTURE", "D2AlignRetinaNet"] + tiny_retinanet_opts(THREE_SCALE_ANCHORS)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(opts=()):
     return build_config(CONFIG, TINY + list(opts))
 
 
-def _instances(boxes, classes):
-    instances = Instances((SIZE, SIZE))
-    instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-    instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
-    return instances
-
-
 def _batch():
     """Two seeded images: three objects (two overlapping), one object."""
     generator = torch.Generator().manual_seed(0)
-    gts = [
-        _instances([[4.0, 6.0, 30.0, 28.0], [20.0, 16.0, 44.0, 50.0], [40, 36, 62, 60]], [0, 3, 5]),
-        _instances([[10.0, 12.0, 50.0, 40.0]], [2]),
+    objects = [
+        ([[4.0, 6.0, 30.0, 28.0], [20.0, 16.0, 44.0, 50.0], [40, 36, 62, 60]], [0, 3, 5]),
+        ([[10.0, 12.0, 50.0, 40.0]], [2]),
     ]
-    return [
-        {"image": torch.rand(3, SIZE, SIZE, generator=generator) * 255, "instances": gt}
-        for gt in gts
-    ]
+    return [noise_image_input(boxes, classes, generator, SIZE) for boxes, classes in objects]
 
 
 def _randomize_head(model, cls_bias=-1.5):
     """Seeded output layers, so that scores and boxes vary over anchors and many candidates
-    pass the 0.05 score threshold (cls_bias: mean logit)."""
-    generator = torch.Generator().manual_seed(0)
-    head = model.head
-    with torch.no_grad():
-        for layer, std, bias in ((head.cls_score, 0.1, cls_bias), (head.bbox_pred, 0.05, 0.0)):
-            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std)
-            layer.bias.copy_(torch.randn(layer.bias.shape, generator=generator) * 0.5 + bias)
+    pass the 0.05 score threshold (cls_bias: mean logit; biases of spread 0.5)."""
+    randomize_retinanet_head(model, cls_bias, cls_std=0.5, box_std=0.5)
 
 
 def _model_and_reference(opts=()):
