@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.layers import batched_nms
 from detectron2.modeling import RetinaNet, build_model
-from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.events import EventStorage
 from fvcore.nn import sigmoid_focal_loss_jit, smooth_l1_loss
 
@@ -20,6 +20,7 @@ from d2align.ops import cl_balanced_nms_reference, soft_nms_reference
 from d2align.testing import (  # noqa: F401 (one_thread: a fixture)
     ROOT,
     THREE_SCALE_ANCHORS,
+    RecordPerClassNMS,
     noise_image_input,
     one_thread,
     randomize_retinanet_head,
@@ -278,18 +279,8 @@ def test_balanced_l1_regression_loss():
     torch.testing.assert_close(losses["loss_box_reg"], expected)
 
 
-class _RecordingNMS(D2AlignRetinaNet):
-    """Records the candidates and the detections of every `per_class_nms` call (copies:
-    detectron2's post-processing then clips the detections' boxes in place)."""
-
-    def per_class_nms(self, candidates):
-        detections = super().per_class_nms(candidates)
-        copy = Instances(detections.image_size)
-        copy.pred_boxes = Boxes(detections.pred_boxes.tensor.clone())
-        copy.scores = detections.scores.clone()
-        copy.pred_classes = detections.pred_classes.clone()
-        self.records.append((candidates, copy))
-        return detections
+class _RecordingNMS(RecordPerClassNMS, D2AlignRetinaNet):
+    """Records the candidates and a copy of the detections of every `per_class_nms` call."""
 
 
 def _detections_of(nms_type, opts_extra=()):

@@ -1,18 +1,20 @@
 """Helpers for tests and benchmarks: a tiny shapes dataset and a CPU-sized training config, tiny
 model configs, fixed batches, seeded heads and short SGD runs. Not imported by production code."""
 
+import contextlib
 import os
 from typing import Iterable, List, Sequence, Tuple
 
 import pytest
 import torch
 from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from .data.datasets import register_coco_instances_checked
 from .data.synthetic import ShapesSpec, generate_split, render_sample
-from .engine import build_config
+from .engine import Trainer, build_config
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))  # checkout
 
@@ -319,3 +321,54 @@ def recorded_sgd_losses(
             sum(losses.values()).backward()
             optimizer.step()
     return measured
+
+
+@contextlib.contextmanager
+def removed_after(dataset_names: Sequence[str]):
+    """Remove the named datasets from detectron2's DatasetCatalog and MetadataCatalog when the
+    block ends, even on an error (so that a later test may register the same names).
+
+    Args:
+        dataset_names: registered dataset names, e.g. those of `register_tiny_shapes`.
+    """
+    try:
+        yield
+    finally:
+        for name in dataset_names:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
+def train_from_scratch(cfg: CfgNode, hooks: Sequence = ()) -> Tuple[Trainer, dict]:
+    """Train d2align's Trainer on `cfg` from its initial weights (no resuming).
+
+    Args:
+        cfg: a training config, e.g. of `tiny_training_config`.
+        hooks: detectron2 hooks registered after the default ones.
+
+    Returns:
+        (the trainer after training, the results of its final evaluation: {} without one).
+    """
+    trainer = Trainer(cfg)
+    trainer.register_hooks(list(hooks))
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()
+    return trainer, results
+
+
+class RecordPerClassNMS:
+    """Mixin, before a D2AlignRetinaNet class in the bases, that records `(candidates, copy of
+    the detections)` of every `per_class_nms` call in the model's `records` list (set it to []
+    first). The detections are copied: detectron2's post-processing then clips their boxes in
+    place."""
+
+    records: list
+
+    def per_class_nms(self, candidates: Instances) -> Instances:
+        detections = super().per_class_nms(candidates)
+        copy = Instances(detections.image_size)
+        copy.pred_boxes = Boxes(detections.pred_boxes.tensor.clone())
+        copy.scores = detections.scores.clone()
+        copy.pred_classes = detections.pred_classes.clone()
+        self.records.append((candidates, copy))
+        return detections

@@ -10,7 +10,7 @@ import pytest
 import torch
 from detectron2.layers import batched_nms, cat
 from detectron2.modeling import RetinaNet, build_model
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
 from d2align.engine import build_config
@@ -22,13 +22,18 @@ from d2align.projects.dc_loss import (
     normalize_coefficient,
 )
 from d2align.testing import (  # noqa: F401 (one_thread: a fixture)
+    RecordPerClassNMS,
     gt_instances,
     one_thread,
     overfit_retinanet,
     randomize_retinanet_head,
     recorded_sgd_losses,
+    register_tiny_shapes,
+    removed_after,
     shapes_batch,
     tiny_retinanet_opts,
+    tiny_training_config,
+    train_from_scratch,
 )
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -284,17 +289,8 @@ def test_losses_finite_on_edge_cases(row):
 # ---- inference -------------------------------------------------------------------------------
 
 
-class _RecordingNMS(DCLossRetinaNet):
+class _RecordingNMS(RecordPerClassNMS, DCLossRetinaNet):
     """Records the candidates and a copy of the detections of every `per_class_nms` call."""
-
-    def per_class_nms(self, candidates):
-        detections = super().per_class_nms(candidates)
-        copy = Instances(detections.image_size)
-        copy.pred_boxes = Boxes(detections.pred_boxes.tensor.clone())
-        copy.scores = detections.scores.clone()
-        copy.pred_classes = detections.pred_classes.clone()
-        self.records.append((candidates, copy))
-        return detections
 
 
 NMS_THRESH = 0.3
@@ -329,27 +325,16 @@ def test_cl_balanced_nms_equals_the_reference_on_the_models_candidates():
 def test_train_and_evaluate_end_to_end(tmp_path):
     """The shared Trainer runs 3 iterations of the full method on a tiny registered dataset
     (half of its images empty) and evaluates it with CL-balanced NMS and the COCO evaluator."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    from d2align.engine import Trainer
-    from d2align.testing import register_tiny_shapes, tiny_training_config
-
     data = register_tiny_shapes(
         str(tmp_path / "data"), num_train=4, num_val=2, image_size=64, empty_fraction=0.5,
         prefix="d2align_test_dc_loss",
     )  # fmt: skip
-    try:
+    with removed_after(data):
         cfg = tiny_training_config(
             os.path.join(SHAPES, "iac_dc_clnms_R18_FPN_scratch.yaml"),
             str(tmp_path / "out"), data, max_iter=3, image_size=64,
             opts=["MODEL.FPN.OUT_CHANNELS", "32"],
             config_hooks=[add_dc_loss_config],
         )  # fmt: skip
-        trainer = Trainer(cfg)
-        trainer.resume_or_load(resume=False)
-        results = trainer.train()
-    finally:
-        for name in data:
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
+        trainer, results = train_from_scratch(cfg)
     assert trainer.iter == 3 and "bbox" in results and "AP75" in results["bbox"]
