@@ -3,12 +3,13 @@ model configs, fixed batches, seeded heads and short SGD runs. Not imported by p
 
 import contextlib
 import os
-from typing import Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import pytest
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
@@ -196,6 +197,30 @@ def noise_image_input(
     return {"image": image, "instances": target}
 
 
+# ground truths (boxes, classes) of 64 px images: two objects (overlapping), no object
+TWO_OBJECTS = ([[8.0, 10.0, 40.0, 50.0], [30.0, 4.0, 60.0, 28.0]], [1, 4])
+NO_OBJECT = ([], [])
+
+
+def noise_batch(
+    *ground_truths: Tuple[Sequence, Sequence[int]], seed: int = 0, image_size: int = 64
+):
+    """Model inputs of uniform noise, one per ground truth, drawn in order from one generator.
+
+    Args:
+        ground_truths: (boxes, classes) of each image, e.g. TWO_OBJECTS, NO_OBJECT.
+        seed: seed of the generator.
+        image_size: side of the images in pixels.
+
+    Returns:
+        [{"image": Tensor[3, size, size], "instances": Instances}, ...], see `noise_image_input`.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        noise_image_input(boxes, classes, generator, image_size) for boxes, classes in ground_truths
+    ]
+
+
 def shapes_batch(num_images: int = 2, image_size: int = 64, seed: int = 3) -> List[dict]:
     """Training images of the embedded shapes generator as model inputs (no file I/O).
 
@@ -372,3 +397,60 @@ class RecordPerClassNMS:
         copy.pred_classes = detections.pred_classes.clone()
         self.records.append((candidates, copy))
         return detections
+
+
+def random_features(
+    input_shape: Dict[str, ShapeSpec], num_images: int, image_size: int, generator: torch.Generator
+) -> Dict[str, torch.Tensor]:
+    """Standard-normal feature maps of square images, drawn from `generator` level by level.
+
+    Args:
+        input_shape: feature name -> ShapeSpec (channels, stride), e.g. p2..p5.
+        num_images: N, the batch size.
+        image_size: side of the images in pixels.
+        generator: draws the values.
+
+    Returns:
+        name -> Tensor[N, channels, size // stride, size // stride].
+    """
+    return {
+        name: torch.randn(
+            num_images,
+            shape.channels,
+            image_size // shape.stride,
+            image_size // shape.stride,
+            generator=generator,
+        )
+        for name, shape in input_shape.items()
+    }
+
+
+def random_proposals(
+    num: int,
+    generator: torch.Generator,
+    max_corner: float,
+    min_size: float,
+    size_span: float,
+    image_size: int = 64,
+) -> Instances:
+    """Random proposals of one square image, drawn from `generator`: top-left corners uniform in
+    [0, max_corner), widths and heights uniform in [min_size, min_size + size_span), clipped to
+    the image, and standard-normal objectness logits.
+
+    Args:
+        num: R, the number of proposals.
+        generator: draws corners, then sizes, then logits.
+        max_corner: bound of the corners' coordinates in pixels.
+        min_size: smallest width and height in pixels.
+        size_span: range of the widths and heights above `min_size`.
+        image_size: side of the image in pixels.
+
+    Returns:
+        Instances with proposal_boxes (Boxes[R]) and objectness_logits (Tensor[R]).
+    """
+    xy = torch.rand(num, 2, generator=generator) * max_corner
+    wh = min_size + torch.rand(num, 2, generator=generator) * size_span
+    proposals = Instances((image_size, image_size))
+    proposals.proposal_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=image_size)], dim=1))
+    proposals.objectness_logits = torch.randn(num, generator=generator)
+    return proposals

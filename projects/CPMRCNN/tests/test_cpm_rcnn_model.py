@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 import d2align.projects.cpm_rcnn.roi_heads as roi_heads_module
@@ -23,17 +23,18 @@ from d2align.projects.cpm_rcnn import (
     grid_heatmap_loss,
     grid_heatmap_targets,
 )
-from d2align.testing import ROOT
+from d2align.testing import (  # noqa: F401 (one_thread: a fixture)
+    NO_OBJECT,
+    ROOT,
+    TWO_OBJECTS,
+    noise_batch,
+    one_thread,
+    tiny_rcnn_opts,
+)
 
 FULL = os.path.join(ROOT, "projects/CPMRCNN/configs/shapes/cpm_rcnn_R18_FPN_scratch.yaml")
 # random weights, narrow heads, few proposals
-TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.FPN.OUT_CHANNELS", "32",
-    "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64",
-    "MODEL.RPN.POST_NMS_TOPK_TEST", "16",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
+TINY = tiny_rcnn_opts(post_nms_topk_test=16) + [
     "MODEL.CPM_RCNN.GRID_HEAD.NUM_CONVS", "2",
     "MODEL.CPM_RCNN.GRID_HEAD.POINT_CHANNELS", "4",
     "MODEL.ROI_IOU_HEAD.FC_DIMS", "[32, 32]",
@@ -45,29 +46,8 @@ ONE_STAGE = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _image(boxes, classes, generator):
-    target = Instances((64, 64))
-    target.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).view(-1, 4))
-    target.gt_classes = torch.tensor(classes, dtype=torch.int64)
-    return {"image": torch.rand(3, 64, 64, generator=generator) * 255, "instances": target}
-
-
-def _batch(*images):
-    generator = torch.Generator().manual_seed(0)
-    return [_image(boxes, classes, generator) for boxes, classes in images]
-
-
-TWO_OBJECTS = ([[8.0, 10.0, 40.0, 50.0], [30.0, 4.0, 60.0, 28.0]], [1, 4])
+pytestmark = pytest.mark.usefixtures("one_thread")
 ONE_OBJECT = ([[20.0, 20.0, 44.0, 36.0]], [2])
-NO_OBJECT = ([], [])
 
 
 def _model(opts=()):
@@ -87,7 +67,7 @@ def test_stage_selection_beta_and_ism_target_in_training(monkeypatch):
     """Decoding replaced by "move each RoI halfway to its best GT": the stages' RoIs are exactly
     the previous boxes above each threshold, the losses are beta_j omega L_BCE, and the ISM
     regresses the IoU of each final box with its GT."""
-    batch = _batch(TWO_OBJECTS, ONE_OBJECT)
+    batch = noise_batch(TWO_OBJECTS, ONE_OBJECT)
     all_gt = [b["instances"].gt_boxes.tensor for b in batch]
     model = _model()
     heads = model.roi_heads
@@ -155,7 +135,7 @@ def test_stage_selection_beta_and_ism_target_in_training(monkeypatch):
 
 def test_zero_gt_tiny_and_degenerate_boxes_train_without_nan():
     tiny = ([[30.0, 30.0, 33.0, 32.0], [10.0, 10.0, 10.0, 20.0]], [0, 3])  # 3x2 px, zero width
-    for batch in (_batch(NO_OBJECT, NO_OBJECT), _batch(tiny, NO_OBJECT)):
+    for batch in (noise_batch(NO_OBJECT, NO_OBJECT), noise_batch(tiny, NO_OBJECT)):
         model = _model()
         losses = _losses(model, batch)
         assert set(losses) >= {"loss_cls", "loss_grid_stage3", "loss_ism", "loss_rsm"}
@@ -169,12 +149,12 @@ def test_zero_gt_tiny_and_degenerate_boxes_train_without_nan():
 
 def test_seeded_regression_values():
     model = _model()
-    losses = _losses(model, _batch(TWO_OBJECTS, ONE_OBJECT))
+    losses = _losses(model, noise_batch(TWO_OBJECTS, ONE_OBJECT))
     values = {k: round(v.item(), 4) for k, v in losses.items()}
     assert values == pytest.approx(REGRESSION_LOSSES, abs=2e-4)
     model.eval()
     with torch.no_grad():
-        (out,) = model(_batch(TWO_OBJECTS)[:1])
+        (out,) = model(noise_batch(TWO_OBJECTS)[:1])
     inst = out["instances"]
     assert len(inst) == REGRESSION_NUM_DETECTIONS
     assert torch.allclose(inst.pred_boxes.tensor[:2], torch.tensor(REGRESSION_BOXES), atol=1e-3)
@@ -202,7 +182,7 @@ def test_a_few_iterations_lower_every_loss():
     """One grid stage with ISM and RSM on a fixed batch (Adam, so that every head moves in a
     few iterations): each loss term's last iterations are below its first."""
     model = _model(ONE_STAGE)
-    batch = _batch(TWO_OBJECTS, ONE_OBJECT)
+    batch = noise_batch(TWO_OBJECTS, ONE_OBJECT)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     history = []
     with EventStorage():
@@ -250,7 +230,7 @@ def test_inference_ranks_detections_by_the_fused_score():
     model = _model()
     model.eval()
     with torch.no_grad():
-        outputs = model(_batch(TWO_OBJECTS, NO_OBJECT))
+        outputs = model(noise_batch(TWO_OBJECTS, NO_OBJECT))
     for out in outputs:
         inst = out["instances"]
         assert 0 < len(inst) <= 96
@@ -264,19 +244,19 @@ def test_inference_ranks_detections_by_the_fused_score():
     model = _model(["MODEL.CPM_RCNN.RSM.ENABLED", "False"])
     model.eval()
     with torch.no_grad():
-        inst = model(_batch(TWO_OBJECTS)[:1])[0]["instances"]
+        inst = model(noise_batch(TWO_OBJECTS)[:1])[0]["instances"]
     assert not inst.has("rsm_scores")
     assert torch.allclose(inst.scores, inst.cls_scores * inst.pred_ious.clamp(0, 1))
     model = _model(["MODEL.CPM_RCNN.RSM.ENABLED", "False", "MODEL.CPM_RCNN.ISM.ENABLED", "False"])
     model.eval()
     with torch.no_grad():
-        inst = model(_batch(TWO_OBJECTS)[:1])[0]["instances"]
+        inst = model(noise_batch(TWO_OBJECTS)[:1])[0]["instances"]
     assert torch.equal(inst.scores, inst.cls_scores)
 
 
 def test_test_stage_returns_that_stages_boxes():
     """TEST_STAGE k runs the first k stages only: stage 1's boxes differ from stage 3's."""
-    batch = _batch(TWO_OBJECTS)
+    batch = noise_batch(TWO_OBJECTS)
     boxes = {}
     for stage in (1, 3):
         model = _model(["MODEL.CPM_RCNN.TEST_STAGE", str(stage)])
