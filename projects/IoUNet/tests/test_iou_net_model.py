@@ -7,13 +7,21 @@ import torch
 from detectron2.data import build_detection_test_loader
 from detectron2.engine import HookBase
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from d2align.engine import Trainer, build_config
+from d2align.engine import build_config
 from d2align.ops import iou_guided_nms_reference
 from d2align.projects.iou_net import IoUNetPostProcessor, add_iou_net_config
-from d2align.testing import register_tiny_shapes, tiny_training_config
+from d2align.testing import (  # noqa: F401 (one_thread: a fixture)
+    NO_OBJECT,
+    TWO_OBJECTS,
+    noise_batch,
+    one_thread,
+    register_tiny_shapes,
+    tiny_rcnn_opts,
+    tiny_training_config,
+    train_from_scratch,
+)
 
 CONFIG = "projects/IoUNet/configs/shapes/iounet_iounms_refine_R18_FPN_scratch.yaml"
 OMEGA2 = -0.01
@@ -40,13 +48,7 @@ SMALL = [
 
 STANDALONE = "projects/IoUNet/configs/shapes/standalone_iounet_R18_FPN_scratch.yaml"
 # the seeded regression model: random weights, few proposals, narrow heads
-TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.FPN.OUT_CHANNELS", "32",
-    "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64",
-    "MODEL.RPN.POST_NMS_TOPK_TEST", "8",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
+TINY = tiny_rcnn_opts(post_nms_topk_test=8) + [
     "MODEL.ROI_IOU_HEAD.FC_DIMS", "[32, 32]",
     "MODEL.ROI_IOU_HEAD.FC_INIT_STD", "0.1",
     "MODEL.ROI_IOU_HEAD.PRED_INIT_STD", "0.1",
@@ -54,25 +56,9 @@ TINY = [
 ]  # fmt: skip
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _fixed_batch():
     """Two 64 x 64 noise images, one with two objects and one with none."""
-    generator = torch.Generator().manual_seed(0)
-    batch = []
-    for boxes, classes in (([[8.0, 10.0, 40.0, 50.0], [30.0, 4.0, 60.0, 28.0]], [1, 4]), ([], [])):
-        target = Instances((64, 64))
-        target.gt_boxes = Boxes(torch.tensor(boxes).view(-1, 4))
-        target.gt_classes = torch.tensor(classes, dtype=torch.int64)
-        image = torch.rand(3, 64, 64, generator=generator) * 255
-        batch.append({"image": image, "instances": target})
-    return batch
+    return noise_batch(TWO_OBJECTS, NO_OBJECT)
 
 
 def _seeded_model(config):
@@ -80,7 +66,8 @@ def _seeded_model(config):
     return build_model(build_config(config, TINY, [add_iou_net_config]))
 
 
-def test_seeded_losses_and_detections_regression(one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_seeded_losses_and_detections_regression():
     # values recorded from the model as of commit c86ef83; a change to the IoU branch, its
     # targets, its loss, the box branch or the post-processing breaks them
     model = _seeded_model(CONFIG)
@@ -115,7 +102,8 @@ def test_seeded_losses_and_detections_regression(one_thread):
         assert out.pred_classes[:6].tolist() == classes
 
 
-def test_seeded_standalone_loss_regression(one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_seeded_standalone_loss_regression():
     model = _seeded_model(STANDALONE)
     torch.manual_seed(1)
     losses = model(_fixed_batch())
@@ -148,11 +136,8 @@ def trained(tmp_path_factory):
         opts=SMALL,
         config_hooks=[add_iou_net_config],
     )
-    trainer = Trainer(cfg)
     record = _RecordLosses()
-    trainer.register_hooks([record])
-    trainer.resume_or_load(resume=False)
-    trainer.train()
+    trainer, _ = train_from_scratch(cfg, [record])
     model = trainer.model.eval()
     batch = [inputs for (inputs,) in build_detection_test_loader(cfg, data[1])]
     return model, batch, record

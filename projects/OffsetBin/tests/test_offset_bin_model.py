@@ -9,47 +9,32 @@ import pytest
 import torch
 from detectron2.engine import HookBase
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from d2align.engine import Trainer, build_config
+from d2align.engine import build_config
 from d2align.projects.offset_bin import OffsetBinOutputLayers, add_offset_bin_config
-from d2align.testing import ROOT, register_tiny_shapes, tiny_training_config
+from d2align.testing import (  # noqa: F401 (one_thread: a fixture)
+    NO_OBJECT,
+    ROOT,
+    TWO_OBJECTS,
+    noise_batch,
+    one_thread,
+    register_tiny_shapes,
+    tiny_rcnn_opts,
+    tiny_training_config,
+    train_from_scratch,
+)
 
 SHAPES = "projects/OffsetBin/configs/shapes/"
 FASTER = SHAPES + "bin_expectation_hierarchical_R18_FPN_scratch.yaml"
 CASCADE = SHAPES + "cascade_bin_expectation_R18_FPN_scratch.yaml"
 # the seeded regression models: random weights, narrow heads, few proposals
-TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.FPN.OUT_CHANNELS", "32",
-    "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64",
-    "MODEL.RPN.POST_NMS_TOPK_TEST", "8",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
-]  # fmt: skip
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _image(boxes, classes, generator):
-    target = Instances((64, 64))
-    target.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).view(-1, 4))
-    target.gt_classes = torch.tensor(classes, dtype=torch.int64)
-    return {"image": torch.rand(3, 64, 64, generator=generator) * 255, "instances": target}
+TINY = tiny_rcnn_opts(post_nms_topk_test=8)
 
 
 def _fixed_batch():
     """Two 64 x 64 noise images, one with two objects and one with none."""
-    generator = torch.Generator().manual_seed(0)
-    objects = ([[8.0, 10.0, 40.0, 50.0], [30.0, 4.0, 60.0, 28.0]], [1, 4])
-    return [_image(*objects, generator), _image([], [], generator)]
+    return noise_batch(TWO_OBJECTS, NO_OBJECT)
 
 
 def _seeded_model(config, sharp_bins=False):
@@ -109,7 +94,8 @@ EXPECTED_DETECTIONS = {
 
 
 @pytest.mark.parametrize("config", [FASTER, CASCADE], ids=["faster", "cascade"])
-def test_seeded_losses_and_detections_regression(config, one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_seeded_losses_and_detections_regression(config):
     model = _seeded_model(config, sharp_bins=True)
     batch = _fixed_batch()
     torch.manual_seed(1)  # proposal sampling
@@ -133,8 +119,7 @@ def test_seeded_losses_and_detections_regression(config, one_thread):
 def test_zero_gt_and_all_background_batches_train_without_nan(config):
     model = _seeded_model(config)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    generator = torch.Generator().manual_seed(0)
-    empty = [_image([], [], generator), _image([], [], generator)]
+    empty = noise_batch(NO_OBJECT, NO_OBJECT)
     for batch in (empty, _fixed_batch(), empty):
         with EventStorage():
             losses = model(batch)
@@ -200,11 +185,8 @@ def test_training_lowers_the_losses(config, tmp_path):
         opts=SMALL,
         config_hooks=[add_offset_bin_config],
     )
-    trainer = Trainer(cfg)
     record = _RecordLosses()
-    trainer.register_hooks([record])
-    trainer.resume_or_load(resume=False)
-    trainer.train()
+    train_from_scratch(cfg, [record])
     assert all(torch.isfinite(torch.tensor(record.total)))
     first, last = _mean(record.total[:8]), _mean(record.total[-8:])
     # over 40 iterations (two runs each on 2 shared cores): total 0.56-0.66x (Faster),
