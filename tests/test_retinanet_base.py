@@ -21,7 +21,7 @@ from d2align.testing import (  # noqa: F401 (one_thread: a fixture)
     ROOT,
     THREE_SCALE_ANCHORS,
     RecordPerClassNMS,
-    noise_image_input,
+    noise_batch,
     one_thread,
     randomize_retinanet_head,
     tiny_retinanet_opts,
@@ -42,12 +42,11 @@ def _cfg(opts=()):
 
 def _batch():
     """Two seeded images: three objects (two overlapping), one object."""
-    generator = torch.Generator().manual_seed(0)
-    objects = [
+    return noise_batch(
         ([[4.0, 6.0, 30.0, 28.0], [20.0, 16.0, 44.0, 50.0], [40, 36, 62, 60]], [0, 3, 5]),
         ([[10.0, 12.0, 50.0, 40.0]], [2]),
-    ]
-    return [noise_image_input(boxes, classes, generator, SIZE) for boxes, classes in objects]
+        image_size=SIZE,
+    )
 
 
 def _randomize_head(model, cls_bias=-1.5):
