@@ -25,7 +25,7 @@ from d2align.modeling import (
     build_box_predictor,
 )
 from d2align.ops import PrRoIPooler
-from d2align.testing import ROOT
+from d2align.testing import ROOT, random_features, random_proposals
 
 CASCADE = f"{ROOT}/configs/shapes/cascade_rcnn_R18_FPN_scratch.yaml"
 FASTER = f"{ROOT}/configs/shapes/faster_rcnn_R18_FPN_scratch.yaml"
@@ -64,19 +64,11 @@ def _inputs():
     """Features of a batch of two 64 x 64 images; proposals; targets (the second image has
     no object)."""
     g = torch.Generator().manual_seed(0)
-    features = {
-        name: torch.randn(2, CHANNELS, 64 // shape.stride, 64 // shape.stride, generator=g)
-        for name, shape in INPUT_SHAPE.items()
-    }
+    features = random_features(INPUT_SHAPE, 2, 64, g)
     gt = [torch.tensor([[6.0, 8.0, 40.0, 44.0], [30.0, 20.0, 62.0, 50.0]]), torch.zeros(0, 4)]
     proposals, targets = [], []
     for i, gt_boxes in enumerate(gt):
-        xy = torch.rand(24, 2, generator=g) * 40
-        wh = 8 + torch.rand(24, 2, generator=g) * 24
-        props = Instances((64, 64))
-        props.proposal_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=64)], dim=1))
-        props.objectness_logits = torch.randn(24, generator=g)
-        proposals.append(props)
+        proposals.append(random_proposals(24, g, max_corner=40, min_size=8, size_span=24))
         target = Instances((64, 64))
         target.gt_boxes = Boxes(gt_boxes)
         target.gt_classes = torch.tensor([0, 2][: len(gt_boxes)], dtype=torch.int64)

@@ -9,14 +9,14 @@ import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import build_roi_heads
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import ImageList
 
 from d2align.config import check_common_config
 from d2align.engine import build_config
 from d2align.modeling import D2AlignStandardROIHeads, per_class_candidates
 from d2align.modeling.roi_heads_base import nms_detections
 from d2align.ops import cl_balanced_nms_reference
-from d2align.testing import ROOT
+from d2align.testing import ROOT, random_features, random_proposals
 
 CASCADE = f"{ROOT}/configs/shapes/cascade_rcnn_R18_FPN_scratch.yaml"
 FASTER = f"{ROOT}/configs/shapes/faster_rcnn_R18_FPN_scratch.yaml"
@@ -45,18 +45,10 @@ def _heads(config, name, opts=()):
 def _inputs():
     """Features of two 64 x 64 images and 40 proposals each (many overlapping)."""
     g = torch.Generator().manual_seed(0)
-    features = {
-        name: torch.randn(2, CHANNELS, 64 // shape.stride, 64 // shape.stride, generator=g)
-        for name, shape in INPUT_SHAPE.items()
-    }
-    proposals = []
-    for _ in range(2):
-        xy = torch.rand(40, 2, generator=g) * 30
-        wh = 16 + torch.rand(40, 2, generator=g) * 16
-        props = Instances((64, 64))
-        props.proposal_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=64)], dim=1))
-        props.objectness_logits = torch.randn(40, generator=g)
-        proposals.append(props)
+    features = random_features(INPUT_SHAPE, 2, 64, g)
+    proposals = [
+        random_proposals(40, g, max_corner=30, min_size=16, size_span=16) for _ in range(2)
+    ]
     return ImageList(torch.zeros(2, 3, 64, 64), [(64, 64), (64, 64)]), features, proposals
 
 
