@@ -13,23 +13,14 @@ passes the score threshold, so inference refines the full 96 boxes per image (th
     python benchmarks/bench_cpm_rcnn.py [--iters 20] [--threads 1] [--opts K V ...]
 """
 
-import argparse
 import os
-
-import torch
-from detectron2.modeling import build_model
 
 from d2align.projects.cpm_rcnn import add_cpm_rcnn_config
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.bench_cpm_rcnn
-    from paired_timing import benchmark_config, load_shared_weights, print_ratios, time_models
+    import paired_timing as timing
 except ImportError:  # pragma: no cover
-    from benchmarks.paired_timing import (
-        benchmark_config,
-        load_shared_weights,
-        print_ratios,
-        time_models,
-    )
+    from benchmarks import paired_timing as timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASTER = os.path.join(ROOT, "configs", "shapes", "faster_rcnn_R18_FPN_scratch.yaml")
@@ -49,34 +40,21 @@ def _stages(n: int):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--iters", type=int, default=20, help="timed iterations per model")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--opts", nargs="*", default=[], help="config overrides K V ...")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    parser = timing.paired_timing_parser(__doc__.split("\n")[0])
+    args = timing.parse_args_and_set_threads(parser)
 
-    cfgs = {REFERENCE: benchmark_config(FASTER, args.opts, [add_cpm_rcnn_config])}
+    cfgs = {REFERENCE: timing.benchmark_config(FASTER, args.opts, [add_cpm_rcnn_config])}
     for n in (1, 2, 3):
-        cfgs[f"CPM R-CNN, {n} stage(s)"] = benchmark_config(
+        cfgs[f"CPM R-CNN, {n} stage(s)"] = timing.benchmark_config(
             CPM, _stages(n) + list(args.opts), [add_cpm_rcnn_config]
         )
-    models = {}
-    for name, cfg in cfgs.items():
-        torch.manual_seed(cfg.SEED)
-        models[name] = build_model(cfg)
-        if name != REFERENCE:
-            copied = load_shared_weights(models[name], models[REFERENCE])
-            print(f"{name}: {copied} tensors loaded from {REFERENCE}")
+    models = timing.build_with_twins(cfgs, {name: REFERENCE for name in cfgs if name != REFERENCE})
     reference = cfgs[REFERENCE]
-    timings = time_models(models, reference, args.iters, args.warmup)
-    print(f"shapes configs, {reference.INPUT.MAX_SIZE_TRAIN} px, batch "
-          f"{reference.SOLVER.IMS_PER_BATCH}, {args.iters} timed iterations, {args.threads} "
-          "thread(s); medians:")  # fmt: skip
+    timings = timing.time_models(models, reference, args.iters, args.warmup)
+    timing.print_setup(reference, args, "shapes configs")
     pairs = [(name, REFERENCE) for name in cfgs if name != REFERENCE]
-    print_ratios(timings, pairs, goals={"train": "<= 1.6x at 3 stages",
-                                        "inference": "<= 1.5x at 3 stages"})  # fmt: skip
+    goals = {"train": "<= 1.6x at 3 stages", "inference": "<= 1.5x at 3 stages"}
+    timing.print_ratios(timings, pairs, goals=goals)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ case. With --weights (e.g. a trained model_final.pth) the candidates are a train
     python benchmarks/bench_dc_loss.py [--iters 20] [--threads 1] [--weights W] [--opts K V ...]
 """
 
-import argparse
 import math
 import os
 
@@ -28,9 +27,9 @@ from d2align.checkpoint import D2AlignCheckpointer
 from d2align.projects.dc_loss import add_dc_loss_config
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.bench_dc_loss
-    from paired_timing import benchmark_config, print_ratios, time_models
+    import paired_timing as timing
 except ImportError:  # pragma: no cover
-    from benchmarks.paired_timing import benchmark_config, print_ratios, time_models
+    from benchmarks import paired_timing as timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "projects", "DCLoss", "configs", "shapes")
@@ -42,17 +41,13 @@ def _config_file(row: str) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--iters", type=int, default=20, help="timed iterations per model")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser = timing.paired_timing_parser(__doc__.split("\n")[0])
     parser.add_argument("--weights", default="", help="weights of all three models")
-    parser.add_argument("--opts", nargs="*", default=[], help="config overrides K V ...")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = timing.parse_args_and_set_threads(parser)
 
     cfgs = {
-        row: benchmark_config(_config_file(row), args.opts, [add_dc_loss_config]) for row in ROWS
+        row: timing.benchmark_config(_config_file(row), args.opts, [add_dc_loss_config])
+        for row in ROWS
     }
     torch.manual_seed(cfgs["retinanet"].SEED)
     models = {row: build_model(cfg) for row, cfg in cfgs.items()}
@@ -66,14 +61,11 @@ def main():
         torch.nn.init.constant_(reference.head.cls_score.bias, -math.log((1 - prior) / prior))
     for row in ROWS[1:]:
         models[row].load_state_dict(reference.state_dict())
-    timings = time_models(models, cfgs["retinanet"], args.iters, args.warmup)
-    c = cfgs["retinanet"]
+    timings = timing.time_models(models, cfgs["retinanet"], args.iters, args.warmup)
     weights = f"weights {args.weights}" if args.weights else "prior p = 0.1"
-    size, batch = c.INPUT.MAX_SIZE_TRAIN, c.SOLVER.IMS_PER_BATCH
-    print(f"shapes config, {size} px, batch {batch}, {args.iters} timed iterations, "
-          f"{args.threads} thread(s), {weights}; medians:")  # fmt: skip
+    timing.print_setup(cfgs["retinanet"], args, note=weights)
     # the first pair's inference and the second pair's training run the same code (~1x)
-    print_ratios(
+    timing.print_ratios(
         timings,
         [("iac_dc", "retinanet"), ("iac_dc_clnms", "iac_dc")],
         goals={"train": "<= 1.1x", "inference": "<= 1.1x"},

@@ -13,23 +13,14 @@ The paper gives no timing; the goal here is that bins cost little beyond the lar
     python benchmarks/bench_offset_bin.py [--iters 20] [--threads 1] [--opts K V ...]
 """
 
-import argparse
 import os
-
-import torch
-from detectron2.modeling import build_model
 
 from d2align.projects.offset_bin import add_offset_bin_config
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.bench_offset_bin
-    from paired_timing import benchmark_config, load_shared_weights, print_ratios, time_models
+    import paired_timing as timing
 except ImportError:  # pragma: no cover
-    from benchmarks.paired_timing import (
-        benchmark_config,
-        load_shared_weights,
-        print_ratios,
-        time_models,
-    )
+    from benchmarks import paired_timing as timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = os.path.join(ROOT, "projects", "OffsetBin", "configs", "shapes")
@@ -53,32 +44,19 @@ CONFIGS = {
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--iters", type=int, default=20, help="timed iterations per model")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--opts", nargs="*", default=[], help="config overrides K V ...")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    parser = timing.paired_timing_parser(__doc__.split("\n")[0])
+    args = timing.parse_args_and_set_threads(parser)
 
     cfgs = {
-        name: benchmark_config(path, args.opts, [add_offset_bin_config])
+        name: timing.benchmark_config(path, args.opts, [add_offset_bin_config])
         for name, (path, _) in CONFIGS.items()
     }
-    models = {}
-    for name, (_, twin) in CONFIGS.items():
-        torch.manual_seed(cfgs[name].SEED)
-        models[name] = build_model(cfgs[name])
-        if twin is not None:
-            copied = load_shared_weights(models[name], models[twin])
-            print(f"{name}: {copied} tensors loaded from {twin}")
+    models = timing.build_with_twins(cfgs, {name: twin for name, (_, twin) in CONFIGS.items()})
     reference = cfgs["Faster R-CNN (regression)"]
-    timings = time_models(models, reference, args.iters, args.warmup)
-    print(f"shapes configs, {reference.INPUT.MAX_SIZE_TRAIN} px, batch "
-          f"{reference.SOLVER.IMS_PER_BATCH}, {args.iters} timed iterations, {args.threads} "
-          "thread(s); medians:")  # fmt: skip
+    timings = timing.time_models(models, reference, args.iters, args.warmup)
+    timing.print_setup(reference, args, "shapes configs")
     pairs = [(name, twin) for name, (_, twin) in CONFIGS.items() if twin is not None]
-    print_ratios(timings, pairs, goals={})
+    timing.print_ratios(timings, pairs, goals={})
 
 
 if __name__ == "__main__":

@@ -7,27 +7,54 @@ stay put) and inference (seconds per image, model forward only). Medians are rep
 ratios against a reference model of the same run.
 """
 
+import argparse
 import copy
 import itertools
 import statistics
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.data import build_detection_train_loader
+from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from d2align.data.from_config import register_data_from_config
 from d2align.engine import build_config
 
 __all__ = [
+    "paired_timing_parser",
+    "parse_args_and_set_threads",
     "benchmark_config",
     "load_shared_weights",
+    "build_with_twins",
     "train_step_seconds",
     "inference_seconds_per_image",
     "time_models",
+    "print_setup",
     "print_ratios",
 ]
+
+
+def paired_timing_parser(description: str) -> argparse.ArgumentParser:
+    """The command line shared by the paired benchmarks: --iters, --warmup, --threads, --opts
+    (a script adds its own arguments to it before parsing)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--iters", type=int, default=20, help="timed iterations per model")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--opts", nargs="*", default=[], help="config overrides K V ...")
+    return parser
+
+
+def parse_args_and_set_threads(
+    parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None
+) -> argparse.Namespace:
+    """Parse the command line (`argv`, default sys.argv) and set torch's intra-op thread count
+    to its --threads."""
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    return args
 
 
 def benchmark_config(config_file: str, opts: Sequence[str], config_hooks: Sequence = ()):
@@ -49,6 +76,29 @@ def load_shared_weights(model: torch.nn.Module, source: torch.nn.Module) -> int:
     shared = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(shared, strict=False)
     return len(shared)
+
+
+def build_with_twins(cfgs: Dict[str, object], twins: Dict[str, Optional[str]]):
+    """Build the model of every config (torch seeded with its SEED first), in order; a model
+    with a twin (an earlier name) then loads the twin's tensors of the same name and shape
+    (`load_shared_weights`), and the number loaded is printed.
+
+    Args:
+        cfgs: name -> config.
+        twins: name -> the name of the model it copies weights from, or None.
+
+    Returns:
+        name -> model.
+    """
+    models = {}
+    for name, cfg in cfgs.items():
+        torch.manual_seed(cfg.SEED)
+        models[name] = build_model(cfg)
+        twin = twins.get(name)
+        if twin is not None:
+            copied = load_shared_weights(models[name], models[twin])
+            print(f"{name}: {copied} tensors loaded from {twin}")
+    return models
 
 
 def train_step_seconds(model: torch.nn.Module, optimizer, batch: List[dict]) -> float:
@@ -104,6 +154,15 @@ def time_models(
         name: {"train": statistics.median(train[name]), "inference": statistics.median(infer[name])}
         for name in models
     }
+
+
+def print_setup(cfg, args: argparse.Namespace, what: str = "shapes config", note: str = ""):
+    """Print the run's setting: `what`, the image size and batch of `cfg`, the timed iterations
+    and threads of `args`, and `note` when given."""
+    size, batch = cfg.INPUT.MAX_SIZE_TRAIN, cfg.SOLVER.IMS_PER_BATCH
+    note = f", {note}" if note else ""
+    print(f"{what}, {size} px, batch {batch}, {args.iters} timed iterations, "
+          f"{args.threads} thread(s){note}; medians:")  # fmt: skip
 
 
 def print_ratios(
