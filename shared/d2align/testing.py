@@ -454,3 +454,38 @@ def random_proposals(
     proposals.proposal_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=image_size)], dim=1))
     proposals.objectness_logits = torch.randn(num, generator=generator)
     return proposals
+
+
+def train_and_evaluate_on_tiny_shapes(
+    config_file: str,
+    root: str,
+    prefix: str,
+    config_hooks: Iterable = (),
+    max_iter: int = 3,
+    opts: Sequence[str] = ("MODEL.FPN.OUT_CHANNELS", "32"),
+) -> Tuple[Trainer, dict]:
+    """Train `config_file` from scratch on a tiny registered shapes dataset and evaluate it: 4
+    training and 2 validation images of 64 px, half of them empty, generated under `root`; the
+    datasets are unregistered afterwards.
+
+    Args:
+        config_file: the config, absolute or relative to the repository root.
+        root: folder of the data (`root`/data) and of the output (`root`/out).
+        prefix: prefix of the dataset names (unique per test).
+        config_hooks: functions adding the project's config keys.
+        max_iter: training iterations.
+        opts: further config overrides.
+
+    Returns:
+        (the trainer after training, the results of its final evaluation).
+    """
+    data = register_tiny_shapes(
+        os.path.join(root, "data"), num_train=4, num_val=2, image_size=64, empty_fraction=0.5,
+        prefix=prefix,
+    )  # fmt: skip
+    with removed_after(data):
+        cfg = tiny_training_config(
+            config_file, os.path.join(root, "out"), data, max_iter=max_iter, image_size=64,
+            opts=opts, config_hooks=config_hooks,
+        )  # fmt: skip
+        return train_from_scratch(cfg)

@@ -28,12 +28,9 @@ from d2align.testing import (  # noqa: F401 (one_thread: a fixture)
     overfit_retinanet,
     randomize_retinanet_head,
     recorded_sgd_losses,
-    register_tiny_shapes,
-    removed_after,
     shapes_batch,
     tiny_retinanet_opts,
-    tiny_training_config,
-    train_from_scratch,
+    train_and_evaluate_on_tiny_shapes,
 )
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -325,16 +322,10 @@ def test_cl_balanced_nms_equals_the_reference_on_the_models_candidates():
 def test_train_and_evaluate_end_to_end(tmp_path):
     """The shared Trainer runs 3 iterations of the full method on a tiny registered dataset
     (half of its images empty) and evaluates it with CL-balanced NMS and the COCO evaluator."""
-    data = register_tiny_shapes(
-        str(tmp_path / "data"), num_train=4, num_val=2, image_size=64, empty_fraction=0.5,
+    trainer, results = train_and_evaluate_on_tiny_shapes(
+        os.path.join(SHAPES, "iac_dc_clnms_R18_FPN_scratch.yaml"),
+        str(tmp_path),
         prefix="d2align_test_dc_loss",
-    )  # fmt: skip
-    with removed_after(data):
-        cfg = tiny_training_config(
-            os.path.join(SHAPES, "iac_dc_clnms_R18_FPN_scratch.yaml"),
-            str(tmp_path / "out"), data, max_iter=3, image_size=64,
-            opts=["MODEL.FPN.OUT_CHANNELS", "32"],
-            config_hooks=[add_dc_loss_config],
-        )  # fmt: skip
-        trainer, results = train_from_scratch(cfg)
+        config_hooks=[add_dc_loss_config],
+    )
     assert trainer.iter == 3 and "bbox" in results and "AP75" in results["bbox"]

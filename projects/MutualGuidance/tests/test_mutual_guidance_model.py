@@ -15,12 +15,9 @@ from d2align.testing import (  # noqa: F401 (one_thread: a fixture)
     one_thread,
     overfit_retinanet,
     recorded_sgd_losses,
-    register_tiny_shapes,
-    removed_after,
     shapes_batch,
     tiny_retinanet_opts,
-    tiny_training_config,
-    train_from_scratch,
+    train_and_evaluate_on_tiny_shapes,
 )
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,16 +174,10 @@ def test_inference_is_retinanets():
 def test_train_and_evaluate_end_to_end(tmp_path):
     """The shared Trainer runs 3 iterations of Mutual Guidance on a tiny registered dataset
     (half of its images empty) and evaluates it with the COCO evaluator."""
-    data = register_tiny_shapes(
-        str(tmp_path / "data"), num_train=4, num_val=2, image_size=64, empty_fraction=0.5,
+    trainer, results = train_and_evaluate_on_tiny_shapes(
+        os.path.join(SHAPES, "mutual_guidance_R18_FPN_scratch.yaml"),
+        str(tmp_path),
         prefix="d2align_test_mutual_guidance",
-    )  # fmt: skip
-    with removed_after(data):
-        cfg = tiny_training_config(
-            os.path.join(SHAPES, "mutual_guidance_R18_FPN_scratch.yaml"),
-            str(tmp_path / "out"), data, max_iter=3, image_size=64,
-            opts=["MODEL.FPN.OUT_CHANNELS", "32"],
-            config_hooks=[add_mutual_guidance_config],
-        )  # fmt: skip
-        trainer, results = train_from_scratch(cfg)  # the final evaluation's results
+        config_hooks=[add_mutual_guidance_config],
+    )  # the final evaluation's results
     assert trainer.iter == 3 and "bbox" in results and "AP75" in results["bbox"]
