@@ -20,6 +20,7 @@ diagnostics.json into --out (default: OUTPUT_DIR/diagnostics) and prints the num
 
 import argparse
 import json
+import math
 import os
 
 import torch
@@ -127,12 +128,13 @@ def main(argv=None):
         "config_file": args.config_file,
         "dataset": dataset,
         "num_detections_iou_gt_0.5": int((ious > 0.5).sum()),
-        "pearson_iou_vs_cls_score": r_cls,
-        "pearson_iou_vs_pred_iou": r_loc,
+        # null, not NaN (invalid JSON), when undefined (e.g. no detection with IoU > 0.5)
+        "pearson_iou_vs_cls_score": r_cls if math.isfinite(r_cls) else None,
+        "pearson_iou_vs_pred_iou": r_loc if math.isfinite(r_loc) else None,
         "positives_by_iou": {m: dict(zip(groups, c.tolist())) for m, c in counts.items()},
     }
     with open(os.path.join(out, "diagnostics.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+        json.dump(summary, f, indent=2, allow_nan=False)
     print(
         f"Pearson r (IoU > 0.5, n = {summary['num_detections_iou_gt_0.5']}): "
         f"classification score {r_cls:.3f}, predicted IoU {r_loc:.3f}"
