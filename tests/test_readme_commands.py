@@ -226,6 +226,13 @@ def smoke_table(tmp: Path) -> Dict[str, Command]:
             "--out {out}/diagnostics {tiny} {every_candidate}",
             after=("iounet",),
         ),
+        # no candidate at all (no score reaches 1): the correlations are undefined
+        "diagnose_no_detections": cmd(
+            "projects/IoUNet/diagnose.py",
+            f"--config-file {IOUNET} --weights {{out}}/iounet/model_final.pth --max-images 1 "
+            "--out {out}/diagnostics_none {tiny} MODEL.ROI_HEADS.SCORE_THRESH_TEST 1.0",
+            after=("iounet",),
+        ),
         "bench_iou_net": cmd(
             "benchmarks/bench_iou_net.py",
             "--weights {out}/iounet/model_final.pth --num-images 2 --warmup 0 {tiny} "
@@ -406,6 +413,15 @@ def _check_evaluation(ran: Ran, name: str, folder: str, trained: str, **keys) ->
     return payload
 
 
+def _strict_json(path: Path):
+    """The JSON of `path`; NaN or Infinity (not JSON) is an error."""
+
+    def refuse(constant):
+        raise ValueError(f"{path}: {constant} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
 def _ratios(output: str) -> Dict[str, Dict[str, float]]:
     """{"method / reference": {"train": r, "inference": r}} from paired_timing's ratio lines."""
     found = {}
@@ -554,12 +570,24 @@ def test_iou_net_diagnose(ran):
         "fig3_positives_by_iou.png",
     ):
         assert _png_shape(out / png)[0] > 100
-    summary = json.loads((out / "diagnostics.json").read_text())
+    summary = _strict_json(out / "diagnostics.json")
+    assert summary["num_detections_iou_gt_0.5"] > 0  # every candidate kept: some overlap a GT
+    for key in ("pearson_iou_vs_cls_score", "pearson_iou_vs_pred_iou"):
+        assert -1.0 <= summary[key] <= 1.0
     counts = summary["positives_by_iou"]
     assert set(counts) == {"No-NMS", "NMS", "IoU-NMS"}
     for group, kept_without_nms in counts["No-NMS"].items():  # NMS only removes boxes
         assert counts["NMS"][group] <= kept_without_nms
         assert counts["IoU-NMS"][group] <= kept_without_nms
+
+
+@pytest.mark.slow
+def test_iou_net_diagnose_without_detections_writes_null_not_nan(ran):
+    ran("diagnose_no_detections")
+    summary = _strict_json(ran.out / "diagnostics_none" / "diagnostics.json")
+    assert summary["num_detections_iou_gt_0.5"] == 0
+    assert summary["pearson_iou_vs_cls_score"] is None
+    assert summary["pearson_iou_vs_pred_iou"] is None
 
 
 @pytest.mark.slow
