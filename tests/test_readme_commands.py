@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
@@ -275,8 +275,7 @@ class Result:
     returncode: int
     output: str
     seconds: float = 0.0
-    skipped_because: str = ""
-    files: Dict[str, Path] = field(default_factory=dict)
+    skipped_because: str = ""  # the prerequisites that failed
 
 
 def _start(command: Command, log: Path, env: Dict[str, str]) -> subprocess.Popen:
@@ -342,9 +341,10 @@ class Ran:
         result = self.results[name]
         command = " ".join(result.command)
         assert not result.skipped_because, f"{name} not run: {result.skipped_because} failed"
-        assert result.returncode == 0, f"`{command}` exited with {result.returncode}:\n" + (
-            result.output[-4000:]
-        )
+        timed_out = f" (killed after {TIMEOUT_S} s)" if result.seconds > TIMEOUT_S else ""
+        assert (
+            result.returncode == 0
+        ), f"`{command}` exited with {result.returncode}{timed_out}:\n{result.output[-4000:]}"
         return result
 
 
