@@ -38,7 +38,11 @@ from detectron2.structures import Boxes, pairwise_iou
 from detectron2.structures.boxes import pairwise_intersection
 from torch import Tensor
 
-from d2align.modeling.anchor_assignment import anchor_owners, static_iou_assignment
+from d2align.modeling.anchor_assignment import (
+    all_background_labels,
+    anchor_owners,
+    static_iou_assignment,
+)
 
 __all__ = ["iac_scores", "iac_assignment"]
 
@@ -108,11 +112,7 @@ def iac_assignment(
             f"{num_classes})"
         )
     if num_gt == 0:
-        return (
-            torch.full((num_anchors,), num_classes, dtype=torch.int64, device=anchors.device),
-            torch.zeros(num_anchors, dtype=torch.int64, device=anchors.device),
-            torch.zeros(num_anchors, dtype=torch.bool, device=anchors.device),
-        )
+        return all_background_labels(num_anchors, num_classes, anchors.device)
     iou = pairwise_iou(Boxes(gt_boxes), Boxes(anchors))  # (G, A)
     matched, labels = static_iou_assignment(iou, *iou_thresholds)
     s = iac_scores(anchors, gt_boxes, pred_scores[:, gt_classes].t(), alpha)

@@ -33,6 +33,7 @@ from detectron2.structures import Boxes, pairwise_iou
 from torch import Tensor
 
 from d2align.modeling.anchor_assignment import (
+    all_background_labels,
     count_per_gt,
     static_iou_assignment,
     topk_per_gt_assignment,
@@ -103,11 +104,7 @@ def assign_anchors(
         raise ValueError(f"assignment {assignment!r} needs pred_boxes / pred_scores")
     num_anchors, num_gt = anchors.shape[0], gt_boxes.shape[0]
     if num_gt == 0:
-        return (
-            torch.full((num_anchors,), num_classes, dtype=torch.int64, device=anchors.device),
-            torch.zeros(num_anchors, dtype=torch.int64, device=anchors.device),
-            torch.zeros(num_anchors, dtype=torch.bool, device=anchors.device),
-        )
+        return all_background_labels(num_anchors, num_classes, anchors.device)
     iou = pairwise_iou(Boxes(gt_boxes), Boxes(anchors))  # (G, A)
     matched, labels = static_iou_assignment(iou, *iou_thresholds)
     cls_matched, cls_labels = reg_matched, reg_labels = matched, labels

@@ -30,6 +30,7 @@ __all__ = [
     "static_iou_assignment",
     "count_per_gt",
     "topk_per_gt_assignment",
+    "all_background_labels",
 ]
 
 
@@ -58,6 +59,24 @@ def anchor_owners(quality: Tensor, claimants: Optional[Tensor] = None) -> Tuple[
 def _empty_assignment(num_anchors: int, device) -> Tuple[Tensor, Tensor]:
     matched = torch.zeros(num_anchors, dtype=torch.int64, device=device)
     return matched, torch.zeros(num_anchors, dtype=torch.int8, device=device)
+
+
+def all_background_labels(
+    num_anchors: int, num_classes: int, device
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """The training targets of an image without ground truth, in the class-label form the
+    projects' RetinaNet assignments return (Mutual Guidance, DC Loss's IAC): every anchor
+    background, none selected.
+
+    Returns:
+        class_labels: (A,) int64, all `num_classes` (background); matched_gt: (A,) int64, 0;
+        an anchor mask (A,) bool, all False (no anchor regressed, none promoted).
+    """
+    return (
+        torch.full((num_anchors,), num_classes, dtype=torch.int64, device=device),
+        torch.zeros(num_anchors, dtype=torch.int64, device=device),
+        torch.zeros(num_anchors, dtype=torch.bool, device=device),
+    )
 
 
 def static_iou_assignment(
