@@ -217,3 +217,22 @@ def test_lock_refuses_a_second_suite_and_takes_over_a_dead_ones(tmp_path):
     assert main(argv, root=ROOT) == 0
     assert (out / "results.md").exists()
     assert DirLock(out, "suite.lock").try_acquire() is None  # released at the end
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity API")
+def test_threads_per_run_follow_the_cpu_affinity(tmp_path, monkeypatch):
+    """Two suites pinned to one core each (taskset) must not give each training every core's
+    worth of threads: oversubscribed OpenMP threads ran ~10x slower on the 2-core machine."""
+    from d2align.suite import runner
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    scheduler = runner._Scheduler([], 1, tmp_path, sys.executable, False, print)
+    assert scheduler.env["OMP_NUM_THREADS"] == "3" == scheduler.env["MKL_NUM_THREADS"]
+    scheduler = runner._Scheduler([], 2, tmp_path, sys.executable, False, print)
+    assert scheduler.env["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})
+    assert (
+        runner._Scheduler([], 4, tmp_path, sys.executable, False, print).env["OMP_NUM_THREADS"]
+        == "1"
+    )

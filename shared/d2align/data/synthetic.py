@@ -37,6 +37,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 from tqdm import tqdm
 
+from ..system import usable_cpus
 from .shapes_draw import (
     CLASS_NAMES,
     draw_distractors,
@@ -254,7 +255,7 @@ def generate_split(
     if os.path.exists(stamp):
         os.remove(stamp)
     if num_workers is None:
-        num_workers = min(2, os.cpu_count() or 1)
+        num_workers = min(2, usable_cpus())
     jobs = [(spec, split, i, image_dir) for i in range(count)]
     bar = dict(total=count, desc=f"d2align shapes/{split}", unit="img", disable=not progress)
     if num_workers > 1 and count > 1:

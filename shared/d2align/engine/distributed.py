@@ -9,7 +9,6 @@ With CUDA, detectron2's own `launch` runs unchanged. Multi-machine options are d
 `--num-machines`, `--machine-rank`, `--dist-url` (tcp://<host of rank 0>:<port>).
 """
 
-import os
 from datetime import timedelta
 
 import torch
@@ -17,6 +16,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.engine import launch as detectron2_launch
 from detectron2.utils import comm
+
+from ..system import usable_cpus
 
 __all__ = ["launch"]
 
@@ -97,7 +98,7 @@ def _create_local_process_group(num_per_machine: int, machine_rank: int) -> None
 def _cpu_worker(
     local_rank, main_func, world_size, num_per_machine, machine_rank, dist_url, args, timeout
 ):
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_per_machine))
+    torch.set_num_threads(max(1, usable_cpus() // num_per_machine))
     rank = machine_rank * num_per_machine + local_rank
     dist.init_process_group(
         backend="gloo", init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout

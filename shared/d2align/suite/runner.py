@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..lock import DirLock
+from ..system import usable_cpus
 from .progress import format_seconds, overall_eta, read_progress
 from .runs import STAMP_FILE, Run
 
@@ -162,7 +163,7 @@ class _Scheduler:
             retrain,
             echo,
         )
-        threads = str(max(1, (os.cpu_count() or 1) // jobs))
+        threads = str(max(1, usable_cpus() // jobs))
         self.env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         self.outcomes: Dict[str, Outcome] = {}
         self.pending: List[Run] = []
