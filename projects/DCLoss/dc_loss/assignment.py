@@ -17,18 +17,27 @@ the object positive). Labels (eq. 5), with [bg, fg] = MODEL.RETINANET.IOU_THRESH
 
     positive  if the static RetinaNet rule makes a positive (IoU >= fg, or the ground truth's
               best anchor: detectron2's low-quality matches), matched to its IoU owner;
-              or if s[g, a] >= score_threshold for the s-owner g of a, matched to g;
+              or if the anchor is eligible (below) and s[g, a] >= score_threshold for the
+              s-owner g of a, matched to g;
     negative  otherwise, if the anchor's highest IoU is < bg (detectron2's convention; the
               paper's <= differs only at exact equality);
     ignored   otherwise.
 
+Eq. 5 lists "IoU <= bg: negative" and "s >= score_threshold: positive" as two cases without
+saying which wins when both hold. `promote` chooses:
+
+    "ignored" (default)  only the anchors the IoU rule leaves ignored (bg <= IoU < fg) can be
+                         promoted; IoU < bg stays negative.
+    "any"                every anchor that is not a static positive can be promoted, negatives
+                         included (the score clause first).
+
 "Owner" is the shared ownership rule of `d2align.modeling.anchor_assignment` applied to the IoU
 (static positives) and to s (the positives added by eq. 5's second clause). Limits:
-alpha = 0 makes the rule prediction-free (static rule plus the anchors whose intersection over
-the smaller area reaches the threshold); alpha = 1 adds the anchors overlapping a ground truth
-whose predicted probability of its class reaches the threshold. A threshold above every s
-(e.g. p^ at the focal-loss prior 0.01 with alpha = 0.5 and a threshold above 0.505) leaves
-the static rule unchanged.
+alpha = 0 makes the rule prediction-free (static rule plus the eligible anchors whose
+intersection over the smaller area reaches the threshold); alpha = 1 adds the eligible anchors
+overlapping a ground truth whose predicted probability of its class reaches the threshold. A
+threshold above every s (e.g. p^ at the focal-loss prior 0.01 with alpha = 0.5 and a threshold
+above 0.505) leaves the static rule unchanged.
 """
 
 from typing import Tuple
@@ -44,7 +53,10 @@ from d2align.modeling.anchor_assignment import (
     static_iou_assignment,
 )
 
-__all__ = ["iac_scores", "iac_assignment"]
+__all__ = ["PROMOTE_CHOICES", "iac_scores", "iac_assignment"]
+
+# which anchors eq. 5's score clause may make positive (module docstring)
+PROMOTE_CHOICES = ("ignored", "any")
 
 
 def iac_scores(anchors: Tensor, gt_boxes: Tensor, gt_scores: Tensor, alpha: float) -> Tensor:
@@ -84,6 +96,7 @@ def iac_assignment(
     alpha: float = 0.5,
     score_thresh: float = 0.6,
     iou_thresholds: Tuple[float, float] = (0.4, 0.5),
+    promote: str = "ignored",
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Classification labels and matched ground truths of one image (module docstring).
 
@@ -95,6 +108,8 @@ def iac_assignment(
         alpha (float): alpha of eq. 4, in [0, 1].
         score_thresh (float): score_threshold of eq. 5, in (0, 1].
         iou_thresholds (tuple[float, float]): (bg_threshold, fg_threshold) of eq. 5.
+        promote (str): which anchors the score clause may promote, one of PROMOTE_CHOICES:
+            "ignored" (bg <= IoU < fg) or "any" (every non-positive; module docstring).
 
     Returns:
         cls_labels (Tensor[A], int64), matched_gt (Tensor[A], int64) and promoted (Tensor[A],
@@ -104,6 +119,10 @@ def iac_assignment(
     if not 0.0 < score_thresh <= 1.0:
         raise ValueError(
             f"score_thresh must be in (0, 1] (MODEL.DC_LOSS.IAC.SCORE_THRESH), got {score_thresh}"
+        )
+    if promote not in PROMOTE_CHOICES:
+        raise ValueError(
+            f"promote must be one of {PROMOTE_CHOICES} (MODEL.DC_LOSS.IAC.PROMOTE), got {promote!r}"
         )
     num_anchors, num_gt = anchors.shape[0], gt_boxes.shape[0]
     if pred_scores.shape != (num_anchors, num_classes):
@@ -118,7 +137,8 @@ def iac_assignment(
     s = iac_scores(anchors, gt_boxes, pred_scores[:, gt_classes].t(), alpha)
     s_owner, _ = anchor_owners(s)
     s_of_owner = s.gather(0, s_owner[None, :])[0]  # (A,)
-    promoted = (labels != 1) & (s_of_owner >= score_thresh)
+    eligible = labels == -1 if promote == "ignored" else labels != 1
+    promoted = eligible & (s_of_owner >= score_thresh)
     matched = torch.where(promoted, s_owner, matched)
     labels = torch.where(promoted, torch.ones_like(labels), labels)
     cls_labels = torch.where(

@@ -4,6 +4,8 @@ from detectron2.config import CfgNode as CN
 
 from d2align.config import add_d2align_config, check_config
 
+from .assignment import PROMOTE_CHOICES
+
 
 def add_dc_loss_config(cfg: CN) -> None:
     """Add the DC Loss keys (and d2align's shared keys) to `cfg` in place.
@@ -27,6 +29,9 @@ def add_dc_loss_config(cfg: CN) -> None:
     _I.ALPHA = 0.5
     # score_threshold of eq. 5: an anchor with s >= this is positive; in (0, 1].
     _I.SCORE_THRESH = 0.6
+    # which anchors the score clause may make positive (eq. 5 does not say which case wins):
+    # "ignored": those the IoU rule leaves ignored (bg <= IoU < fg); "any": negatives too.
+    _I.PROMOTE = "ignored"
     # Dynamic Coefficient loss (eq. 1-3) on the positives' classification loss
     cfg.MODEL.DC_LOSS.DC = CN()
     _D = cfg.MODEL.DC_LOSS.DC
@@ -45,6 +50,12 @@ def check_dc_loss_config(cfg: CN) -> None:
         k + "IAC.SCORE_THRESH",
         iac.SCORE_THRESH,
         "must be in (0, 1] (eq. 5); set IAC.ENABLED False to turn the rule off",
+    )
+    check_config(
+        iac.PROMOTE in PROMOTE_CHOICES,
+        k + "IAC.PROMOTE",
+        iac.PROMOTE,
+        f"must be one of {PROMOTE_CHOICES}",
     )
     eps = cfg.MODEL.DC_LOSS.DC.EPS
     check_config(eps >= 0.0, k + "DC.EPS", eps, "must be >= 0 (eq. 1)")

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from d2align.modeling import D2AlignRetinaNet
 
-from .assignment import iac_assignment
+from .assignment import PROMOTE_CHOICES, iac_assignment
 from .config import check_dc_loss_config
 from .dynamic_coefficient import dynamic_coefficient, normalize_coefficient
 
@@ -48,6 +48,7 @@ class DCLossRetinaNet(D2AlignRetinaNet):
         iac_enabled: bool = True,
         iac_alpha: float = 0.5,
         iac_score_thresh: float = 0.6,
+        iac_promote: str = "ignored",
         dc_enabled: bool = True,
         dc_eps: float = 1e-6,
         iou_thresholds: Tuple[float, float] = (0.4, 0.5),
@@ -58,6 +59,8 @@ class DCLossRetinaNet(D2AlignRetinaNet):
             iac_enabled (bool): IoU-classification-aware assignment (else detectron2's).
             iac_alpha (float): alpha of eq. 4, in [0, 1].
             iac_score_thresh (float): score_threshold of eq. 5, in (0, 1].
+            iac_promote (str): which anchors eq. 5's score clause may make positive: "ignored"
+                (bg <= IoU < fg) or "any" (negatives too); see `iac_assignment`.
             dc_enabled (bool): weight the positives' classification loss by lambda' (eq. 2).
             dc_eps (float): epsilon of eq. 1, >= 0.
             iou_thresholds (tuple[float, float]): (bg_threshold, fg_threshold) of eq. 5.
@@ -68,11 +71,14 @@ class DCLossRetinaNet(D2AlignRetinaNet):
             raise ValueError(f"iac_alpha must be in [0, 1], got {iac_alpha}")
         if not 0.0 < iac_score_thresh <= 1.0:
             raise ValueError(f"iac_score_thresh must be in (0, 1], got {iac_score_thresh}")
+        if iac_promote not in PROMOTE_CHOICES:
+            raise ValueError(f"iac_promote must be one of {PROMOTE_CHOICES}, got {iac_promote!r}")
         if not dc_eps >= 0.0:
             raise ValueError(f"dc_eps must be >= 0, got {dc_eps}")
         self.iac_enabled = iac_enabled
         self.iac_alpha = iac_alpha
         self.iac_score_thresh = iac_score_thresh
+        self.iac_promote = iac_promote
         self.dc_enabled = dc_enabled
         self.dc_eps = dc_eps
         self.iou_thresholds = tuple(iou_thresholds)
@@ -86,6 +92,7 @@ class DCLossRetinaNet(D2AlignRetinaNet):
             iac_enabled=c.IAC.ENABLED,
             iac_alpha=c.IAC.ALPHA,
             iac_score_thresh=c.IAC.SCORE_THRESH,
+            iac_promote=c.IAC.PROMOTE,
             dc_enabled=c.DC.ENABLED,
             dc_eps=c.DC.EPS,
             iou_thresholds=tuple(cfg.MODEL.RETINANET.IOU_THRESHOLDS),
@@ -130,6 +137,7 @@ class DCLossRetinaNet(D2AlignRetinaNet):
                 alpha=self.iac_alpha,
                 score_thresh=self.iac_score_thresh,
                 iou_thresholds=self.iou_thresholds,
+                promote=self.iac_promote,
             )
             gt_labels.append(labels)
             boxes = gt.gt_boxes.tensor

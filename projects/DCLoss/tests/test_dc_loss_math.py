@@ -141,14 +141,17 @@ def _scores(p_of_class1):
     return scores
 
 
-def _assign(alpha, thresh=0.75, p=P_HAT, anchors=ANCHORS, gt=GT, classes=GT_CLASSES):
-    """(labels, matched) of iac_assignment; its promoted mask is checked against the static
-    rule's labels."""
+def _assign(alpha, thresh=0.75, p=P_HAT, promote="any"):
+    """(labels, matched) of iac_assignment on the layout above; its promoted mask is checked
+    against the static rule's labels."""
     labels, matched, promoted = iac_assignment(
-        anchors, gt, classes, _scores(p), num_classes=K, alpha=alpha, score_thresh=thresh
-    )
-    _, static = static_iou_assignment(pairwise_iou(Boxes(gt), Boxes(anchors)))
+        ANCHORS, GT, GT_CLASSES, _scores(p), num_classes=K, alpha=alpha, score_thresh=thresh,
+        promote=promote,
+    )  # fmt: skip
+    _, static = static_iou_assignment(pairwise_iou(Boxes(GT), Boxes(ANCHORS)))
     assert torch.equal(promoted, (labels >= 0) & (labels < K) & (static != 1))
+    if promote == "ignored":
+        assert not (promoted & (static == 0)).any()  # a negative of the IoU rule stays negative
     return labels, matched
 
 
@@ -157,15 +160,34 @@ def test_iac_scores_by_hand():
     torch.testing.assert_close(s, torch.tensor([[0.5, 0.7, 0.95, 0.0, 0.5]]))
 
 
-def test_hand_made_layout():
-    """a0 (IoU >= fg) stays positive with p^ = 0; a2 (IoU 0.25 <= bg, but p^ = 0.9 and inside
-    the box: s = 0.95) turns positive; a1 (s = 0.7) stays negative; a3 (p^ = 0.99 but no
-    overlap) stays negative; a4 (IoU in the ignored band, s = 0.5) stays ignored."""
-    labels, matched = _assign(alpha=0.5)
+def test_hand_made_layout_promote_any():
+    """promote "any" (the score clause first): a0 (IoU >= fg) stays positive with p^ = 0; a2
+    (IoU 0.25 <= bg, but p^ = 0.9 and inside the box: s = 0.95) turns positive; a1 (s = 0.7)
+    stays negative; a3 (p^ = 0.99 but no overlap) stays negative; a4 (IoU in the ignored band,
+    s = 0.5) stays ignored."""
+    labels, matched = _assign(alpha=0.5, promote="any")
     assert labels.tolist() == [1, K, 1, K, -1]
     assert matched[labels == 1].tolist() == [0, 0]
     _, static = static_iou_assignment(pairwise_iou(Boxes(GT), Boxes(ANCHORS)))
     assert static.tolist() == [1, 0, 0, 0, -1]  # the baseline rule on the same layout
+
+
+def test_hand_made_layout_promote_ignored():
+    """promote "ignored" (the default): IoU <= bg stays negative whatever s, so a2 (s = 0.95)
+    is not promoted; a4 in the ignored band turns positive once s >= 0.75, i.e. p^ >= 0.5
+    (0.5 p^ + 0.5 * 1), and stays ignored below."""
+    labels, matched = _assign(alpha=0.5, promote="ignored")
+    assert labels.tolist() == [1, K, K, K, -1]
+    p = P_HAT.clone()
+    p[4] = 0.5
+    labels, matched = _assign(alpha=0.5, p=p, promote="ignored")
+    assert labels.tolist() == [1, K, K, K, 1] and matched.tolist()[4] == 0
+    p[4] = 0.49
+    labels, _ = _assign(alpha=0.5, p=p, promote="ignored")
+    assert labels.tolist() == [1, K, K, K, -1]
+    # alpha = 0: geometry only; a4 contains the GT (intersection / smaller area 1)
+    labels, _ = _assign(alpha=0.0, p=torch.zeros(5), promote="ignored")
+    assert labels.tolist() == [1, K, K, K, 1]
 
 
 def test_alpha_limits():
@@ -196,19 +218,25 @@ def test_zero_gt_image_is_all_background():
 
 def test_promoted_anchor_goes_to_the_gt_of_highest_score():
     """An anchor between two GTs, with the same intersection / smaller area (0.75) for both and
-    IoU 0.18 with each: it is positive for the GT whose class it predicts better."""
+    IoU 0.18 with each: with promote "any" it is positive for the GT whose class it predicts
+    better; with promote "ignored" it stays negative (IoU < bg)."""
     gts = torch.tensor([[0.0, 0.0, 40.0, 40.0], [30.0, 0.0, 70.0, 40.0]])
     anchors = torch.cat([gts, torch.tensor([[25.0, 10.0, 45.0, 30.0]])])
     scores = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.2, 0.9]])
-    labels, matched, promoted = iac_assignment(
-        anchors, gts, torch.tensor([0, 1]), scores, num_classes=K, alpha=0.5, score_thresh=0.75
-    )
+
+    def assign(promote):
+        return iac_assignment(
+            anchors, gts, torch.tensor([0, 1]), scores, num_classes=K, alpha=0.5,
+            score_thresh=0.75, promote=promote,
+        )  # fmt: skip
+
+    labels, matched, promoted = assign("any")
     assert promoted.tolist() == [False, False, True]
     assert labels.tolist() == [0, 1, 1] and matched.tolist() == [0, 1, 1]
+    labels, _, promoted = assign("ignored")
+    assert labels.tolist() == [0, 1, K] and not promoted.any()
     scores[2] = torch.tensor([0.9, 0.2])
-    labels, matched, _ = iac_assignment(
-        anchors, gts, torch.tensor([0, 1]), scores, num_classes=K, alpha=0.5, score_thresh=0.75
-    )
+    labels, matched, _ = assign("any")
     assert labels.tolist() == [0, 1, 0] and matched.tolist() == [0, 1, 0]
 
 
@@ -217,6 +245,7 @@ def test_promoted_anchor_goes_to_the_gt_of_highest_score():
     [
         (dict(alpha=1.5), "MODEL.DC_LOSS.IAC.ALPHA"),
         (dict(alpha=0.5, thresh=0.0), "MODEL.DC_LOSS.IAC.SCORE_THRESH"),
+        (dict(alpha=0.5, promote="negatives"), "MODEL.DC_LOSS.IAC.PROMOTE"),
     ],
 )
 def test_bad_parameters_are_refused(kwargs, match):

@@ -102,6 +102,7 @@ def test_output_dirs_are_distinct():
         ("MODEL.DC_LOSS.IAC.ALPHA", "-0.1", "MODEL.DC_LOSS.IAC.ALPHA"),
         ("MODEL.DC_LOSS.IAC.SCORE_THRESH", "0.0", "MODEL.DC_LOSS.IAC.SCORE_THRESH"),
         ("MODEL.DC_LOSS.IAC.SCORE_THRESH", "1.2", "MODEL.DC_LOSS.IAC.SCORE_THRESH"),
+        ("MODEL.DC_LOSS.IAC.PROMOTE", "negatives", "MODEL.DC_LOSS.IAC.PROMOTE"),
         ("MODEL.DC_LOSS.DC.EPS", "-1e-6", "MODEL.DC_LOSS.DC.EPS"),
         ("MODEL.RETINANET.IOU_THRESHOLDS", "[0.5, 0.4]", "MODEL.RETINANET.IOU_THRESHOLDS"),
         ("MODEL.RETINANET.IOU_LABELS", "[0, 1, 1]", "MODEL.RETINANET.IOU_LABELS"),
@@ -178,7 +179,8 @@ def test_dc_reweights_positives_without_changing_the_loss_value():
     sum is their unweighted sum; negatives are unweighted), but the gradient of a positive's
     logits is lambda'_i times the unweighted one, and nothing flows to the box deltas."""
     torch.manual_seed(0)
-    model = build_model(_tiny_cfg("iac_dc"))
+    # promote "any": positives on the first (finest) level, whose gradient is checked below
+    model = build_model(_tiny_cfg("iac_dc", ("MODEL.DC_LOSS.IAC.PROMOTE", "any")))
     _randomize_head(model)
     batch = shapes_batch()
     with EventStorage():
@@ -230,29 +232,40 @@ def test_loss_falls(row):
 
 # (loss_cls, loss_box_reg) at the first step and after two SGD steps, recorded with this code
 # (score_threshold 0.6), one thread. The randomized head's scores (mean logit 0) make IAC add
-# many positives (row 2's regression loss is 50x row 1's: large anchors that contain an object
-# have intersection / smaller area 1); DC (row 3) has row 2's first losses (eq. 2 keeps the
-# value) and then other gradients.
+# positives: with the default rule (promote "ignored") a few anchors of the ignored band (row
+# 2's regression loss 1.4x row 1's); with promote "any" many more (50x: large anchors that
+# contain an object have intersection / smaller area 1, whatever their IoU). DC (row 3) has row
+# 2's first losses (eq. 2 keeps the value) and then other gradients.
 REGRESSION = {
-    "retinanet": [
+    ("retinanet", ()): [
         (9.923897743225098, 0.07242027670145035),
         (10.363466262817383, 0.08205679804086685),
     ],
-    "iac": [(8.185586929321289, 3.8100621700286865), (6.990092754364014, 3.418008804321289)],
-    "iac_dc": [(8.185585975646973, 3.8100621700286865), (7.002285480499268, 3.3630685806274414)],
+    ("iac", ()): [
+        (9.92800521850586, 0.09985404461622238),
+        (10.321813583374023, 0.11368948221206665),
+    ],
+    ("iac_dc", ()): [
+        (9.92800521850586, 0.09985404461622238),
+        (10.315425872802734, 0.11346171796321869),
+    ],
+    ("iac_dc", ("MODEL.DC_LOSS.IAC.PROMOTE", "any")): [
+        (8.185585975646973, 3.8100621700286865),
+        (7.002285480499268, 3.3630685806274414),
+    ],
 }
 
 
-@pytest.mark.parametrize("row", sorted(REGRESSION))
-def test_seeded_regression_values(row):
+@pytest.mark.parametrize("row,opts", sorted(REGRESSION))
+def test_seeded_regression_values(row, opts):
     """Losses of a seeded tiny model on one fixed batch equal recorded values: a change to the
     assignment, the DC weighting or the normalisation breaks this."""
     torch.manual_seed(0)
-    model = build_model(_tiny_cfg(row))
+    model = build_model(_tiny_cfg(row, opts))
     _randomize_head(model, cls_bias=0.0)
     measured = recorded_sgd_losses(model, shapes_batch())
-    for got, want in zip(measured, REGRESSION[row]):
-        assert got == pytest.approx(want, rel=1e-4), (row, measured)
+    for got, want in zip(measured, REGRESSION[row, opts]):
+        assert got == pytest.approx(want, rel=1e-4), (row, opts, measured)
 
 
 @pytest.mark.parametrize("row", ["iac", "iac_dc"])
