@@ -175,6 +175,12 @@ def smoke_table(tmp: Path) -> Dict[str, Command]:
             "MODEL.CPM_RCNN.TEST_STAGE 2 MODEL.CPM_RCNN.FUSED_SCORE_GAMMA 1.0",
         ),
         "bench_cpm_rcnn": cmd("benchmarks/bench_cpm_rcnn.py", bench),
+        "cpm_stage_diagnostics": cmd(
+            "projects/CPMRCNN/stage_diagnostics.py",
+            f"--config-file {CPM} --weights {{out}}/cpm/model_final.pth --max-images 2 "
+            "--out {out}/cpm_stages {tiny} {every_candidate}",
+            after=("cpm",),
+        ),
         # top README
         "generate_dataset": cmd(
             "tools/generate_dataset.py", "--root {tmp}/generated --split val"
@@ -579,6 +585,24 @@ def test_iou_net_diagnose(ran):
     for group, kept_without_nms in counts["No-NMS"].items():  # NMS only removes boxes
         assert counts["NMS"][group] <= kept_without_nms
         assert counts["IoU-NMS"][group] <= kept_without_nms
+
+
+@pytest.mark.slow
+def test_cpm_stage_diagnostics(ran):
+    output = ran("cpm_stage_diagnostics").output
+    out = ran.out / "cpm_stages"
+    assert f"written to {out}" in output
+    assert _png_shape(out / "stage_iou.png")[0] > 100
+    summary = _strict_json(out / "stage_diagnostics.json")
+    assert summary["images"] == 2 and summary["stages"] == 3
+    assert len(summary["rows"]) == 5
+    for row in summary["rows"]:
+        low, high = row["entering_iou"]
+        if row["count"]:  # the IoU entering stage 1 lies in the row's group
+            assert low - 1e-4 <= row["mean_iou"][0] <= high + 1e-4
+            assert len(row["mean_iou"]) == 4 and len(row["mean_peak_by_stage"]) == 3
+            assert all(0.0 < p < 1.0 for p in row["mean_peak_by_stage"])
+            assert all(0.0 <= f <= 1.0 for f in row["improved_by_stage"])
 
 
 @pytest.mark.slow

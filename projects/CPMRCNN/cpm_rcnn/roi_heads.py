@@ -325,6 +325,64 @@ class CPMROIHeads(D2AlignStandardROIHeads):
         return self.inference(features, proposals, probs)
 
     @torch.no_grad()
+    def select_detections(self, proposals: List[Instances], probs: List[torch.Tensor]):
+        """§3.4's first step: per class, the proposals above the score threshold go through
+        NMS (`MODEL.ROI_HEADS.NMS_THRESH_TEST`) and the best `TEST.DETECTIONS_PER_IMAGE` stay.
+
+        Args:
+            proposals (list[Instances]): `proposal_boxes` per image (R_i).
+            probs (list[Tensor[R_i, K + 1]]): class probabilities, background last.
+
+        Returns:
+            boxes (list[Tensor[D_i, 4]]), cls_scores (list[Tensor[D_i]]), classes
+            (list[Tensor[D_i]] int64): per image, the kept proposals (the cascade's input).
+        """
+        boxes, cls_scores, classes = [], [], []
+        for props, probs_i in zip(proposals, probs):
+            cand_boxes, cand_scores, cand_classes, _ = per_class_candidates(
+                props.proposal_boxes.tensor,
+                probs_i,
+                props.image_size,
+                self.box_predictor.test_score_thresh,
+            )
+            keep = batched_nms(
+                cand_boxes, cand_scores, cand_classes, self.box_predictor.test_nms_thresh
+            )[: self.box_predictor.test_topk_per_image]
+            boxes.append(cand_boxes[keep])
+            cls_scores.append(cand_scores[keep])
+            classes.append(cand_classes[keep])
+        return boxes, cls_scores, classes
+
+    @torch.no_grad()
+    def cascade_boxes(
+        self,
+        features: Dict[str, torch.Tensor],
+        boxes: List[torch.Tensor],
+        image_sizes,
+        return_peaks: bool = False,
+    ):
+        """The grid stages 1 .. `test_stage` applied one after the other to `boxes`.
+
+        Args:
+            features (dict[str, Tensor]): backbone outputs, (N, C, H_l, W_l) each.
+            boxes (list[Tensor[D_i, 4]]): the boxes entering stage 1, per image.
+            image_sizes (list[tuple[int, int]]): (h, w) per image, to clip the boxes.
+            return_peaks (bool): also return each stage's heatmap peaks.
+
+        Returns:
+            list[list[Tensor[D_i, 4]]]: the boxes after each stage (test_stage entries), per
+            image; with `return_peaks`, also list[Tensor[D, G]]: per stage, the highest
+            probability of each heatmap (all images' boxes concatenated).
+        """
+        after_each, peaks = [], []
+        for j in range(self.test_stage):
+            logits, boxes = self._refine(j, features, boxes, image_sizes)
+            after_each.append(boxes)
+            if return_peaks:
+                peaks.append(logits.flatten(2).max(dim=2).values.sigmoid())
+        return (after_each, peaks) if return_peaks else after_each
+
+    @torch.no_grad()
     def inference(
         self,
         features: Dict[str, torch.Tensor],
@@ -342,22 +400,8 @@ class CPMROIHeads(D2AlignStandardROIHeads):
             list[Instances]: per image, the detections sorted by their fused score.
         """
         image_sizes = [p.image_size for p in proposals]
-        boxes, cls_scores, classes = [], [], []
-        for props, probs_i in zip(proposals, probs):
-            cand_boxes, cand_scores, cand_classes, _ = per_class_candidates(
-                props.proposal_boxes.tensor,
-                probs_i,
-                props.image_size,
-                self.box_predictor.test_score_thresh,
-            )
-            keep = batched_nms(
-                cand_boxes, cand_scores, cand_classes, self.box_predictor.test_nms_thresh
-            )[: self.box_predictor.test_topk_per_image]
-            boxes.append(cand_boxes[keep])
-            cls_scores.append(cand_scores[keep])
-            classes.append(cand_classes[keep])
-        for j in range(self.test_stage):
-            _, boxes = self._refine(j, features, boxes, image_sizes)
+        boxes, cls_scores, classes = self.select_detections(proposals, probs)
+        boxes = self.cascade_boxes(features, boxes, image_sizes)[-1]
         all_classes = cat(classes)
         ism = rsm = None
         if self.ism_head is not None:
