@@ -18,7 +18,9 @@ from detectron2.config import CfgNode as CN
 from d2align.config import add_d2align_config, check_choice, check_config
 from d2align.modeling import IOU_LOSS_TYPES
 
-__all__ = ["add_cpm_rcnn_config", "check_cpm_rcnn_config"]
+__all__ = ["TEST_SCORES", "add_cpm_rcnn_config", "check_cpm_rcnn_config"]
+
+TEST_SCORES = ("fused", "cls")  # values of MODEL.CPM_RCNN.TEST_SCORE
 
 
 def add_cpm_rcnn_config(cfg: CN) -> None:
@@ -43,6 +45,10 @@ def add_cpm_rcnn_config(cfg: CN) -> None:
     _C.TEST_STAGE = 0
     # gamma of the fused score (eq. 4): (cls x ISM)^gamma x RSM^(1 - gamma); in [0, 1].
     _C.FUSED_SCORE_GAMMA = 0.8
+    # What ranks the detections at inference: "fused" (eq. 4, the paper's) or "cls" (the
+    # classification confidence alone, the same boxes: the baseline the fused score is claimed
+    # to beat). The ISM / RSM scores are returned either way.
+    _C.TEST_SCORE = "fused"
 
     # The grid branch g_j (§3.1, after Grid R-CNN), one per stage.
     _C.GRID_HEAD = CN()
@@ -108,6 +114,7 @@ def check_cpm_rcnn_config(cfg: CN) -> None:
         c.FUSED_SCORE_GAMMA,
         "must be in [0, 1]",
     )
+    check_choice(k + "TEST_SCORE", c.TEST_SCORE, TEST_SCORES)
     g, kg = c.GRID_HEAD, k + "GRID_HEAD."
     side = math.isqrt(g.NUM_POINTS) if isinstance(g.NUM_POINTS, int) and g.NUM_POINTS > 0 else 0
     check_config(

@@ -43,7 +43,7 @@ from d2align.modeling import (
 
 from .cascade import fused_score, select_stage_boxes, stage_loss_weights
 from .classifier import ClassificationOutputLayers
-from .config import check_cpm_rcnn_config
+from .config import TEST_SCORES, check_cpm_rcnn_config
 from .grid_coder import decode_grid_heatmaps, grid_heatmap_loss, grid_heatmap_targets
 from .grid_head import GridHead
 
@@ -78,6 +78,7 @@ class CPMROIHeads(D2AlignStandardROIHeads):
         target_radius: float,
         test_stage: int,
         gamma: float,
+        test_score: str = "fused",
         ism_head: Optional[nn.Module] = None,
         ism_loss_type: str = "l2",
         ism_loss_weight: float = 1.0,
@@ -97,6 +98,8 @@ class CPMROIHeads(D2AlignStandardROIHeads):
             target_radius (float): radius of the heatmap targets' discs, in cells.
             test_stage (int): stage (1-based) whose boxes inference returns.
             gamma (float): of the fused score (eq. 4).
+            test_score (str): what ranks the detections: "fused" (eq. 4) or "cls" (the
+                classification confidence alone).
             ism_head (nn.Module or None): IoU Scoring Module on the last stage's 7x7 grid
                 features (None: no ISM).
             ism_loss_type (str): "l2", "l1" or "smooth_l1" (eq. 7).
@@ -123,7 +126,10 @@ class CPMROIHeads(D2AlignStandardROIHeads):
         self.grid_loss_weight = grid_loss_weight
         self.target_radius = target_radius
         self.test_stage = test_stage
+        if test_score not in TEST_SCORES:
+            raise ValueError(f"test_score {test_score!r} not in {TEST_SCORES}")
         self.gamma = gamma
+        self.test_score = test_score
         self.ism_head = ism_head
         self.ism_loss_type = ism_loss_type
         self.ism_loss_weight = ism_loss_weight
@@ -167,6 +173,7 @@ class CPMROIHeads(D2AlignStandardROIHeads):
             target_radius=g.TARGET_RADIUS,
             test_stage=c.TEST_STAGE or c.NUM_STAGES,
             gamma=c.FUSED_SCORE_GAMMA,
+            test_score=c.TEST_SCORE,
             ism_loss_type=c.ISM.LOSS_TYPE,
             ism_loss_weight=c.ISM.LOSS_WEIGHT,
             rsm_loss_weight=c.RSM.LOSS_WEIGHT,
@@ -397,7 +404,8 @@ class CPMROIHeads(D2AlignStandardROIHeads):
             probs (list[Tensor[R_i, K + 1]]): class probabilities, background last.
 
         Returns:
-            list[Instances]: per image, the detections sorted by their fused score.
+            list[Instances]: per image, the detections sorted by their fused score (by
+                `cls_scores` with `test_score` "cls").
         """
         image_sizes = [p.image_size for p in proposals]
         boxes, cls_scores, classes = self.select_detections(proposals, probs)
@@ -410,7 +418,10 @@ class CPMROIHeads(D2AlignStandardROIHeads):
             rsm_probs = self._rsm_logits(features, boxes).softmax(dim=1)
             rsm = rsm_probs.gather(1, all_classes[:, None]).squeeze(1)
         cls_scores = cat(cls_scores)
-        score = fused_score(cls_scores, ism, rsm, self.gamma)
+        if self.test_score == "cls":
+            score = cls_scores
+        else:
+            score = fused_score(cls_scores, ism, rsm, self.gamma)
         results, start = [], 0
         for boxes_i, size in zip(boxes, image_sizes):
             rows = slice(start, start + len(boxes_i))

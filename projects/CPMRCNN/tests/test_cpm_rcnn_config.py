@@ -46,7 +46,7 @@ def test_paper_defaults():
         [2.0, 1.5, 1.25],
         [0.5, 0.6, 0.7],
     )
-    assert c.FUSED_SCORE_GAMMA == 0.8 and c.ISM.LOSS_TYPE == "l2"
+    assert c.FUSED_SCORE_GAMMA == 0.8 and c.ISM.LOSS_TYPE == "l2" and c.TEST_SCORE == "fused"
     assert c.GRID_HEAD.NUM_POINTS == 9 and c.GRID_HEAD.POOLER_RESOLUTION == 14
     check_cpm_rcnn_config(cfg)
 
@@ -62,6 +62,7 @@ def test_paper_defaults():
         ("MODEL.CPM_RCNN.FUSED_SCORE_GAMMA", "1.5", "MODEL.CPM_RCNN.FUSED_SCORE_GAMMA = 1.5"),
         ("MODEL.CPM_RCNN.FUSED_SCORE_GAMMA", "-0.1", "MODEL.CPM_RCNN.FUSED_SCORE_GAMMA"),
         ("MODEL.CPM_RCNN.TEST_STAGE", "4", "MODEL.CPM_RCNN.TEST_STAGE = 4"),
+        ("MODEL.CPM_RCNN.TEST_SCORE", "'iou'", "MODEL.CPM_RCNN.TEST_SCORE = 'iou'"),
         ("MODEL.CPM_RCNN.GRID_LOSS_WEIGHT", "-1.0", "MODEL.CPM_RCNN.GRID_LOSS_WEIGHT"),
         ("MODEL.CPM_RCNN.GRID_HEAD.NUM_POINTS", "8", "MODEL.CPM_RCNN.GRID_HEAD.NUM_POINTS = 8"),
         ("MODEL.CPM_RCNN.GRID_HEAD.POOLER_RESOLUTION", "7", "POOLER_RESOLUTION = 7"),

@@ -297,6 +297,28 @@ def test_inference_ranks_detections_by_the_fused_score():
     assert torch.equal(inst.scores, inst.cls_scores)
 
 
+def test_test_score_cls_ranks_the_same_detections_by_the_class_score():
+    """TEST_SCORE "cls" (the fused score's baseline): the same boxes, classes and module scores
+    as "fused", the scores being the classification confidence, in its order."""
+    batch = noise_batch(TWO_OBJECTS)
+    insts = {}
+    for test_score in ("fused", "cls"):
+        model = _model(["MODEL.CPM_RCNN.TEST_SCORE", test_score])
+        model.eval()
+        with torch.no_grad():
+            insts[test_score] = model(batch)[0]["instances"]
+    fused, cls = insts["fused"], insts["cls"]
+    assert torch.equal(cls.scores, cls.cls_scores)
+    assert (cls.scores[:-1] >= cls.scores[1:]).all()
+    assert not torch.allclose(fused.scores, fused.cls_scores)  # the modules do change the score
+    # the same detections, each with the same fields, only in another order
+    key_f = fused.cls_scores.argsort()
+    key_c = cls.cls_scores.argsort()
+    assert torch.equal(fused.pred_boxes.tensor[key_f], cls.pred_boxes.tensor[key_c])
+    assert torch.equal(fused.pred_ious[key_f], cls.pred_ious[key_c])
+    assert torch.equal(fused.rsm_scores[key_f], cls.rsm_scores[key_c])
+
+
 def test_test_stage_returns_that_stages_boxes():
     """TEST_STAGE k runs the first k stages only: stage 1's boxes differ from stage 3's."""
     batch = noise_batch(TWO_OBJECTS)
