@@ -30,7 +30,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from d2align.config import check_config
+from d2align.config import check_choice, check_config
 from d2align.modeling import (
     D2AlignStandardROIHeads,
     build_box_pooler,
@@ -126,8 +126,7 @@ class CPMROIHeads(D2AlignStandardROIHeads):
         self.grid_loss_weight = grid_loss_weight
         self.target_radius = target_radius
         self.test_stage = test_stage
-        if test_score not in TEST_SCORES:
-            raise ValueError(f"test_score {test_score!r} not in {TEST_SCORES}")
+        check_choice("test_score", test_score, TEST_SCORES)
         self.gamma = gamma
         self.test_score = test_score
         self.ism_head = ism_head
