@@ -117,6 +117,7 @@ class CPMROIHeads(D2AlignStandardROIHeads):
             )
         if not 1 <= test_stage <= len(grid_heads):
             raise ValueError(f"test_stage {test_stage} not in [1, {len(grid_heads)}]")
+        check_choice("test_score", test_score, TEST_SCORES)
         self.grid_in_features = grid_in_features
         self.grid_pooler = grid_pooler
         self.grid_heads = nn.ModuleList(grid_heads)
@@ -126,7 +127,6 @@ class CPMROIHeads(D2AlignStandardROIHeads):
         self.grid_loss_weight = grid_loss_weight
         self.target_radius = target_radius
         self.test_stage = test_stage
-        check_choice("test_score", test_score, TEST_SCORES)
         self.gamma = gamma
         self.test_score = test_score
         self.ism_head = ism_head
