@@ -135,6 +135,40 @@ def test_paired_differences_by_seed(tmp_path):
     assert diff["AP50"] == 0.0
 
 
+def test_a_row_with_two_baselines_gets_one_difference_row_for_each(tmp_path):
+    """Row C has `baseline: [A, B]`. Per seed, C - A = (44 - 40, 47 - 44, 50 - 48) = (4, 3, 2):
+    mean 3, sample std 1; C - B = (44 - 43, 47 - 45, 50 - 51) = (1, 2, -1): mean 2/3,
+    deviations (1/3, 4/3, -5/3), squares summing to 42/9, sample std sqrt(7/3) = 1.53."""
+    compare = _load_compare()
+    aps = {"A": [40.0, 44.0, 48.0], "B": [43.0, 45.0, 51.0], "C": [44.0, 47.0, 50.0]}
+    runs = []
+    for label, values in aps.items():
+        for seed, ap in zip([1, 2, 3], values):
+            _write_results(tmp_path / label / f"seed{seed}", dict(BBOX, AP=ap))
+        runs.append(
+            {"config": str(CONFIG), "label": label, "opts": ["OUTPUT_DIR", str(tmp_path / label)]}
+        )
+    runs[1]["baseline"] = "A"
+    runs[2]["baseline"] = ["A", "B"]
+    suite = tmp_path / "two_baselines.yaml"
+    suite.write_text(json.dumps({"name": "two_baselines", "seeds": [1, 2, 3], "runs": runs}))
+    out = tmp_path / "cmp"
+    assert compare.main(["--suite", str(suite), "--out", str(out)], root=ROOT) == 0
+
+    payload = json.loads((out / "results.json").read_text())
+    assert [r["baselines"] for r in payload["rows"]] == [[], ["A"], ["A", "B"]]
+    diffs = {d["name"]: d for d in payload["differences"]}
+    assert list(diffs) == ["B - A", "C - A", "C - B"]
+    assert diffs["C - A"]["AP"] == pytest.approx(3.0) and diffs["C - A"]["AP_std"] == 1.0
+    assert diffs["C - B"]["AP"] == pytest.approx(2 / 3)
+    assert diffs["C - B"]["AP_std"] == pytest.approx((7 / 3) ** 0.5)
+    lines = (out / "results.md").read_text().split("\n\n")[0].splitlines()
+    first_cells = [line.split("|")[1].strip() for line in lines[2:]]
+    assert first_cells == ["A", "B", "Δ vs A", "C", "Δ vs A", "Δ vs B"]
+    assert lines[-2].startswith("| Δ vs A | +3.0 ± 1.0 | +0.0 ± 0.0 |")
+    assert lines[-1].startswith("| Δ vs B | +0.7 ± 1.5 |")
+
+
 def test_seed_runs_override_seed_and_output_dir(tmp_path):
     (run,) = runs_of(CONFIG, ["OUTPUT_DIR", str(tmp_path)], [7], ROOT)
     assert run.out_dir == tmp_path / "seed7"

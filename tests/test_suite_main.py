@@ -63,7 +63,7 @@ def test_main_command_quick_mode(tmp_path):
     assert full["train_s_per_iter"] == joint["train_s_per_iter"]
     assert full["num_parameters"] == joint["num_parameters"]
     assert {d["name"] for d in payload["differences"]} == {
-        f"{e.label} - {e.baseline}" for e in headline.runs if e.baseline
+        f"{e.label} - {b}" for e in headline.runs for b in e.baselines
     }
 
     md = (out / "results.md").read_text()

@@ -28,9 +28,10 @@ def test_headline_pairs_each_method_with_the_baseline_it_modifies():
     rows = {e.label: e for e in suite.runs}
     full = rows["IoU-Net (IoU-NMS + refine)"]
     assert full.config.name == "iounet_iounms_refine_R18_FPN_scratch.yaml"
-    assert full.baseline == "Faster R-CNN" and full.weights_from == "IoU-Net (standard NMS)"
+    assert full.baselines == ("Faster R-CNN",) and full.weights_from == "IoU-Net (standard NMS)"
     mg = rows["Mutual Guidance"]
-    assert mg.config.name == "mutual_guidance_R18_FPN_scratch.yaml" and mg.baseline == "RetinaNet"
+    assert mg.config.name == "mutual_guidance_R18_FPN_scratch.yaml"
+    assert mg.baselines == ("RetinaNet",)
     assert rows["RetinaNet"].config == (ROOT / RETINA).resolve()
     assert [s.ap for s in suite.seed_spread][0] == (19.1, 12.5)  # the README's measured spread
     # the full IoU-Net evaluates the checkpoint of the standard-NMS training, as in its table
@@ -76,6 +77,26 @@ BASE = {"name": "t", "runs": [{"config": FASTER, "label": "A"}, {"config": RETIN
         (
             lambda d: d["runs"][1].update(baseline="C"),
             "bad.yaml: runs[1] (label 'B'): baseline 'C' is not the label of a run",
+        ),
+        (
+            lambda d: d["runs"][1].update(baseline=["A", "C"]),
+            "bad.yaml: runs[1] (label 'B'): baseline 'C' is not the label of a run",
+        ),
+        (
+            lambda d: d["runs"][1].update(baseline=["A", "A"]),
+            "bad.yaml: runs[1] (label 'B'): baseline must not name a run twice",
+        ),
+        (
+            lambda d: d["runs"][1].update(baseline=[]),
+            "bad.yaml: runs[1] (label 'B'): baseline must be the label of another run or a list",
+        ),
+        (
+            lambda d: d["runs"][1].update(baseline=["A", 3]),
+            "bad.yaml: runs[1] (label 'B'): baseline must be the label of another run or a list",
+        ),
+        (
+            lambda d: d["runs"][1].update(baseline=["A", "B"]),
+            "bad.yaml: runs[1] (label 'B'): baseline names the run itself",
         ),
         (
             lambda d: d["runs"][0].update(opts=["SOLVER.MAX_ITER"]),

@@ -98,7 +98,7 @@ def noise_note(suite: Suite, seeds: Sequence[int]) -> str:
     if len(seeds) > 1:
         return (
             f"Each number: mean ± sample std over seeds {list(seeds)} (the 'seeds' column counts "
-            "the runs that succeeded); Δ rows: differences to the row's baseline, paired by seed."
+            "the runs that succeeded); Δ rows: differences to the row's baselines, paired by seed."
         )
     which = f"seed {seeds[0]}" if seeds else "each config's own SEED"
     note = (
@@ -153,7 +153,9 @@ def _rows(suite: Suite, planned: Dict[str, List[Run]], outcomes: Dict[str, Outco
     for entry in suite.runs:
         row = aggregate(entry.label, [per_run[r.name] for r in planned[entry.label]])
         row.update(
-            config=str(entry.config), baseline=entry.baseline, weights_from=entry.weights_from
+            config=str(entry.config),
+            baselines=list(entry.baselines),
+            weights_from=entry.weights_from,
         )
         rows.append(row)
     return rows
@@ -176,7 +178,8 @@ LEGEND = (
     "the ground truth of the final detections with IoU > 0.5 (IoU-Net Fig. 2a). pos50 ... "
     "pos90: ground truths with a final detection (after NMS) of IoU in [0.5, 0.6), ..., "
     "[0.9, 1] (IoU-Net Fig. 3). A row evaluating another row's model (weights_from) shows "
-    "that training's train s/iter. Δ rows: the row minus its baseline (the method it modifies); "
+    "that training's train s/iter. Δ rows: the row minus its baseline (the method it modifies, "
+    "then any other row it is compared with); "
     "speeds and parameters as ratios. Timings are per process while the suite's runs share "
     "the machine."
 )
@@ -187,7 +190,9 @@ def report(suite, planned, outcomes, seeds, out: Path, quick: str, wall_s: float
     rows = _rows(suite, planned, outcomes)
     by_name = {r["name"]: r for r in rows}
     differences = {
-        r["name"]: paired_differences(by_name[r["baseline"]], r) for r in rows if r["baseline"]
+        r["name"]: [paired_differences(by_name[b], r) for b in r["baselines"]]
+        for r in rows
+        if r["baselines"]
     }
     with_std = len(seeds) > 1
     first = "config [QUICK]" if quick else "config"
@@ -237,7 +242,7 @@ def report(suite, planned, outcomes, seeds, out: Path, quick: str, wall_s: float
             "quick": quick or None,
             "seeds": list(seeds),
             "rows": rows,
-            "differences": list(differences.values()),
+            "differences": [d for diffs in differences.values() for d in diffs],
             "noise_note": noise_note(suite, seeds),
             "wall_time_s": wall_s,
             "machine": machine,

@@ -143,13 +143,13 @@ def _cell(row: dict, k: str, with_std: bool, difference: bool = False) -> str:
 def markdown_table(
     rows: Sequence[dict],
     with_std: bool = False,
-    differences: Optional[Dict[str, dict]] = None,
+    differences: Optional[Dict[str, List[dict]]] = None,
     seeds_column: bool = True,
     first_header: str = "config",
 ) -> str:
-    """The markdown table of `rows`; after each row that has an entry in `differences` (by
-    row name), a "Δ vs <baseline>" row with its differences (signed; ratios for speeds and
-    parameters)."""
+    """The markdown table of `rows`; after each row, one "Δ vs <baseline>" row for each of its
+    entries in `differences` (by row name, a list of `paired_differences`, in order): signed
+    differences, ratios for speeds and parameters."""
     cols = NUMERIC_COLUMNS
     headers = [HEADERS.get(k, k) for k in cols] + (["seeds"] if seeds_column else [])
     lines = [f"| {first_header} | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
@@ -162,8 +162,7 @@ def markdown_table(
         vals = [_cell(r, k, with_std) for k in cols]
         vals += [str(r.get("num_seeds", 1))] if seeds_column else []
         lines.append(f"| {name} | " + " | ".join(vals) + " |")
-        diff = (differences or {}).get(r["name"])
-        if diff is not None:
+        for diff in (differences or {}).get(r["name"], ()):
             vals = [_cell(diff, k, with_std and diff["num_seeds"] > 1, True) for k in cols]
             vals += [str(diff["num_seeds"])] if seeds_column else []
             lines.append(f"| Δ vs {diff['baseline']} | " + " | ".join(vals) + " |")

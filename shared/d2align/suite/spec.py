@@ -12,7 +12,9 @@ A suite file holds::
         label: Faster R-CNN        # optional (default: the config file's stem); unique
       - config: projects/IoUNet/configs/shapes/iounet_iounms_refine_R18_FPN_scratch.yaml
         label: IoU-Net
-        baseline: Faster R-CNN     # optional: the row this method modifies (differences)
+        baseline: Faster R-CNN     # optional: the row this method modifies (differences), or
+                                   # a list of rows ([A, B]): one Δ row per baseline, in order
+                                   # (quote a label holding a comma inside [...])
         opts: [KEY, VALUE, ...]    # optional: this run's own overrides
         weights_from: IoU-Net      # optional: evaluate (--eval-only) that run's final model
     seed_spread:                   # optional: measured AP of one config over seeds, cited
@@ -43,7 +45,8 @@ class RunEntry:
         config: the config file (absolute path).
         label: the row's name in the table (unique in the suite).
         opts: `KEY VALUE` overrides of this row, after the suite's own.
-        baseline: label of the row this method modifies (its differences are reported), or None.
+        baselines: labels of the rows it is compared with, in order (one Δ row each): first
+            the row this method modifies; empty for none.
         weights_from: label of the row whose final model this row evaluates (`--eval-only`),
             or None when the row trains.
     """
@@ -51,7 +54,7 @@ class RunEntry:
     config: Path
     label: str
     opts: Tuple[str, ...] = ()
-    baseline: Optional[str] = None
+    baselines: Tuple[str, ...] = ()
     weights_from: Optional[str] = None
 
 
@@ -144,23 +147,36 @@ def _entry(record: Any, index: int, root: Path, where_file: str) -> RunEntry:
         label = config.stem
     if not isinstance(label, str) or not label.strip():
         _fail(where, f"label must be a non-empty string, got {label!r}")
-    for key in ("baseline", "weights_from"):
-        if record.get(key) is not None and not isinstance(record[key], str):
-            _fail(where, f"{key} must be the label of another run, got {record[key]!r}")
+    weights_from = record.get("weights_from")
+    if weights_from is not None and not isinstance(weights_from, str):
+        _fail(where, f"weights_from must be the label of another run, got {weights_from!r}")
     return RunEntry(
         config=config.resolve(),
         label=label,
         opts=_opts(record.get("opts"), where),
-        baseline=record.get("baseline"),
+        baselines=_baselines(record.get("baseline"), where),
         weights_from=record.get("weights_from"),
     )
+
+
+def _baselines(value: Any, where: str) -> Tuple[str, ...]:
+    """`baseline:` as a tuple of labels: one label, or a non-empty list of distinct labels."""
+    if value is None:
+        return ()
+    labels = [value] if isinstance(value, str) else value
+    if not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels):
+        _fail(where, f"baseline must be the label of another run or a list of them, got {value!r}")
+    if len(set(labels)) != len(labels):
+        _fail(where, f"baseline must not name a run twice, got {labels}")
+    return tuple(labels)
 
 
 def _check_references(entries: List[RunEntry], where_file: str) -> None:
     labels = {e.label: i for i, e in enumerate(entries)}
     for i, e in enumerate(entries):
         where = f"{where_file}: runs[{i}] (label {e.label!r})"
-        for key, target in (("baseline", e.baseline), ("weights_from", e.weights_from)):
+        references = [("baseline", b) for b in e.baselines]
+        for key, target in references + [("weights_from", e.weights_from)]:
             if target is None:
                 continue
             if target not in labels:
