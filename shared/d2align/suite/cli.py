@@ -190,9 +190,7 @@ def report(suite, planned, outcomes, seeds, out: Path, quick: str, wall_s: float
     rows = _rows(suite, planned, outcomes)
     by_name = {r["name"]: r for r in rows}
     differences = {
-        r["name"]: [paired_differences(by_name[b], r) for b in r["baselines"]]
-        for r in rows
-        if r["baselines"]
+        r["name"]: [paired_differences(by_name[b], r) for b in r["baselines"]] for r in rows
     }
     with_std = len(seeds) > 1
     first = "config [QUICK]" if quick else "config"

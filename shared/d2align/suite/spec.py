@@ -155,7 +155,7 @@ def _entry(record: Any, index: int, root: Path, where_file: str) -> RunEntry:
         label=label,
         opts=_opts(record.get("opts"), where),
         baselines=_baselines(record.get("baseline"), where),
-        weights_from=record.get("weights_from"),
+        weights_from=weights_from,
     )
 
 
