@@ -42,6 +42,7 @@ TORCH_LIBRARY(d2align, m) {
       "soft_nms(Tensor boxes, Tensor scores, Tensor idxs, str method, float iou_threshold, "
       "float sigma, float score_threshold) -> (Tensor, Tensor)");
   m.def(
-      "cl_balanced_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold, "
+      "cl_balanced_nms(Tensor boxes, Tensor scores, Tensor center_logits, Tensor idxs, "
+      "float iou_threshold, "
       "float temperature, float dis_scale) -> (Tensor, Tensor)");
 }

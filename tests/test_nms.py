@@ -26,6 +26,7 @@ CASES = [
     (batched_soft_nms, soft_nms_reference, 1, dict(method="gaussian", score_threshold=0.1)),
     (batched_cl_balanced_nms, cl_balanced_nms_reference, 1, dict(iou_threshold=0.5)),
     (batched_cl_balanced_nms, cl_balanced_nms_reference, 1, dict(temperature=0.1, dis_scale=2)),
+    (batched_cl_balanced_nms, cl_balanced_nms_reference, 1, dict(center_weights="probability")),
 ]
 CASE_IDS = [f"{op.__name__}-{i}" for i, (op, _, _, _) in enumerate(CASES)]
 
@@ -164,11 +165,41 @@ def test_cl_balanced_hand_example():
     selection = [pi + 1 - abs(ci - c_hat) / diag for pi, ci in zip(p, centers)]
     assert selection[1] > max(selection[0], selection[2])
     scores, idxs = torch.tensor(p, dtype=torch.float64), torch.zeros(3).long()
-    keep, s = batched_cl_balanced_nms(boxes, scores, idxs)
+    keep, s = batched_cl_balanced_nms(boxes, scores, idxs, center_weights="probability")
     assert keep.tolist() == [1] and s.tolist() == pytest.approx([selection[1]])
     # with dis_scale = 0 it is standard NMS: the seed A is kept with its score
     keep, s = batched_cl_balanced_nms(boxes, scores, idxs, dis_scale=0.0)
     assert keep.tolist() == [0] and s.tolist() == pytest.approx([0.6])
+
+
+def _cl_selection(p, f, centers, diag):
+    """Eq. 6-7 by hand: softmax(f)-weighted center, then p + 1 - |c - c_hat| / diag."""
+    w = [math.exp(x) for x in f]
+    c_hat = sum(wi * ci for wi, ci in zip(w, centers)) / sum(w)
+    return [pi + 1 - abs(ci - c_hat) / diag for pi, ci in zip(p, centers)]
+
+
+def test_cl_balanced_center_weights_logit_and_probability_by_hand():
+    """Eq. 6's f read as the logit log(p / (1 - p)) (the default) or as p: the same cluster as
+    in the example above at p = 0.9 / 0.85 / 0.85. Softmax over p is nearly uniform and puts
+    the center near B and C (B chosen); over the logits the confident seed A weighs 9 against
+    5.7 and keeps the center near itself (A chosen)."""
+    boxes = torch.tensor([[0, 0, 4, 2], [1, 0, 5, 2], [1.2, 0, 5.2, 2]], dtype=torch.float64)
+    p, centers, diag = [0.9, 0.85, 0.85], [2.0, 3.0, 3.2], math.hypot(5.2, 2.0)
+    by_p = _cl_selection(p, p, centers, diag)
+    by_logit = _cl_selection(p, [math.log(x / (1 - x)) for x in p], centers, diag)
+    assert max(range(3), key=by_p.__getitem__) == 1
+    assert max(range(3), key=by_logit.__getitem__) == 0
+    scores, idxs = torch.tensor(p, dtype=torch.float64), torch.zeros(3).long()
+    for weights, expected in (("probability", by_p), ("logit", by_logit)):
+        keep, s = batched_cl_balanced_nms(boxes, scores, idxs, center_weights=weights)
+        best = max(range(3), key=expected.__getitem__)
+        assert keep.tolist() == [best] and s.tolist() == pytest.approx([expected[best]])
+        ref_keep, _ = cl_balanced_nms_reference(boxes, scores, idxs, center_weights=weights)
+        assert ref_keep.tolist() == [best]
+    assert batched_cl_balanced_nms(boxes, scores, idxs)[0].tolist() == [0]  # logit by default
+    with pytest.raises(ValueError, match="center_weights"):
+        batched_cl_balanced_nms(boxes, scores, idxs, center_weights="softmax")
 
 
 def test_cl_balanced_without_dis_is_standard_nms():
@@ -260,7 +291,9 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="iou_guided_nms: cls_scores must have shape"):
         torch.ops.d2align.iou_guided_nms(boxes, s[:4], loc, idxs, 0.5)
     with pytest.raises(ValueError, match="cl_balanced_nms: scores contain non-finite"):
-        torch.ops.d2align.cl_balanced_nms(boxes, s / 0, idxs, 0.5, 1.0, 1.0)
+        torch.ops.d2align.cl_balanced_nms(boxes, s / 0, s, idxs, 0.5, 1.0, 1.0)
+    with pytest.raises(ValueError, match="cl_balanced_nms: center_logits contain non-finite"):
+        torch.ops.d2align.cl_balanced_nms(boxes, s, s / 0, idxs, 0.5, 1.0, 1.0)
 
 
 # Only IoU-guided NMS has a CUDA kernel. Soft-NMS and CL-balanced NMS are sequential and run on

@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.layers import batched_nms
 from detectron2.modeling import RetinaNet, build_model
-from detectron2.structures import Boxes, pairwise_iou
+from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 from fvcore.nn import sigmoid_focal_loss_jit, smooth_l1_loss
 
@@ -21,6 +21,7 @@ from d2align.testing import (  # noqa: F401 (one_thread: a fixture)
     ROOT,
     THREE_SCALE_ANCHORS,
     RecordPerClassNMS,
+    lone_boxes_and_one_duplicated_object,
     noise_batch,
     one_thread,
     randomize_retinanet_head,
@@ -337,8 +338,7 @@ def test_nms_type_switch_matches_reference(nms_type):
         assert len(ours) == len(dets) and ours.keys() == theirs.keys()
         for key, score in ours.items():
             assert score == pytest.approx(theirs[key], rel=1e-5, abs=1e-7), key
-        if nms_type.startswith("soft_"):  # best first (CL-balanced: by p + dis, not by p)
-            assert (dets.scores[1:] <= dets.scores[:-1]).all()
+        assert (dets.scores[1:] <= dets.scores[:-1]).all()  # best first, by the reported score
         std_keep = batched_nms(boxes, scores, classes, NMS_THRESH)
         assert torch.equal(std_dets.pred_boxes.tensor, boxes[std_keep])
         assert not (
@@ -390,3 +390,27 @@ def test_per_class_nms_refuses_unknown_type():
 def test_bad_keys_are_refused_naming_the_key(key, value):
     with pytest.raises(ValueError, match=key.replace(".", r"\.") + " = "):
         build_model(_cfg([key, value]))
+
+
+def test_cl_balanced_cap_keeps_the_most_confident_detections():
+    """RetinaNet's path of the layout of `lone_boxes_and_one_duplicated_object`: with
+    TEST.DETECTIONS_PER_IMAGE 100 the object's detection (p = 0.50 or 0.49) is kept first."""
+    cfg = _cfg(
+        [
+            "MODEL.D2ALIGN_RETINANET.NMS_TYPE",
+            "cl_balanced",
+            "MODEL.RETINANET.NMS_THRESH_TEST",
+            "0.5",
+            "TEST.DETECTIONS_PER_IMAGE",
+            "100",
+        ]
+    )
+    model = D2AlignRetinaNet(cfg).eval()  # fmt: skip
+    boxes, p = lone_boxes_and_one_duplicated_object()
+    candidates = Instances((1000, 1000), pred_boxes=Boxes(boxes), scores=p)
+    candidates.pred_classes = torch.zeros(len(p), dtype=torch.int64)
+    det = model.per_class_nms(candidates)
+    assert len(det) == 100
+    assert det.pred_boxes.tensor[0].tolist() in boxes[-2:].tolist()
+    assert det.scores[0].item() in (pytest.approx(0.50), pytest.approx(0.49))
+    assert det.scores[1:].tolist() == pytest.approx([0.45] * 99)

@@ -16,7 +16,12 @@ from d2align.engine import build_config
 from d2align.modeling import D2AlignStandardROIHeads, per_class_candidates
 from d2align.modeling.roi_heads_base import nms_detections
 from d2align.ops import cl_balanced_nms_reference
-from d2align.testing import ROOT, random_features, random_proposals
+from d2align.testing import (
+    ROOT,
+    lone_boxes_and_one_duplicated_object,
+    random_features,
+    random_proposals,
+)
 
 CASCADE = f"{ROOT}/configs/shapes/cascade_rcnn_R18_FPN_scratch.yaml"
 FASTER = f"{ROOT}/configs/shapes/faster_rcnn_R18_FPN_scratch.yaml"
@@ -130,6 +135,8 @@ def test_cl_balanced_equals_the_reference_on_the_heads_candidates(config, name):
         keep, _ = cl_balanced_nms_reference(
             cand_boxes, cand_scores, cand_classes, NMS_THRESH, 1.0, 5.0
         )
+        # ranked by the reported score p (ties in p + dis order)
+        keep = keep[torch.sort(cand_scores[keep], descending=True, stable=True).indices]
         torch.testing.assert_close(det.pred_boxes.tensor, cand_boxes[keep])
         torch.testing.assert_close(det.scores, cand_scores[keep])
         assert torch.equal(det.pred_classes, cand_classes[keep])
@@ -174,3 +181,20 @@ def test_detectron2s_own_heads_refuse_a_non_standard_type():
     cfg = build_config(FASTER, opts + ["MODEL.ROI_HEADS.NAME", "D2AlignStandardROIHeads"])
     check_common_config(cfg)
     check_common_config(build_config(FASTER))
+
+
+class _CapPredictor:
+    test_score_thresh, test_nms_thresh, test_topk_per_image = 0.05, 0.5, 100
+
+
+def test_cl_balanced_cap_keeps_the_most_confident_detections():
+    """100 lone boxes at p = 0.45 and one object detected twice (p = 0.50 / 0.49, IoU 0.54),
+    at most 100 detections: the object's detection is kept (first, with its score p) and one
+    lone box falls; ranked by p + dis the 100 lone boxes (dis = 1) pushed it out."""
+    boxes, p = lone_boxes_and_one_duplicated_object()
+    scores = torch.stack([p, 1 - p], dim=1)  # one class and the background
+    det = nms_detections(boxes, scores, (1000, 1000), _CapPredictor, "cl_balanced")
+    assert len(det) == 100
+    assert det.scores[0].item() in (pytest.approx(0.50), pytest.approx(0.49))
+    assert det.pred_boxes.tensor[0].tolist() in boxes[-2:].tolist()
+    assert det.scores[1:].tolist() == pytest.approx([0.45] * 99)

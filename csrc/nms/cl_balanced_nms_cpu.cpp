@@ -15,11 +15,12 @@ namespace {
 
 template <typename scalar_t>
 std::tuple<at::Tensor, at::Tensor> cl_balanced_nms_cpu_kernel(
-    const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold,
-    scalar_t temperature, scalar_t dis_scale) {
+    const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& center_logits,
+    const at::Tensor& idxs, double iou_threshold, scalar_t temperature, scalar_t dis_scale) {
   using namespace nms_utils;
   const int64_t n = boxes.size(0);
   const scalar_t* p = scores.data_ptr<scalar_t>();
+  const scalar_t* f = center_logits.data_ptr<scalar_t>();
   std::vector<int64_t> starts;
   const std::vector<int64_t> order = class_major_order(idxs.data_ptr<int64_t>(), p, n, &starts);
   std::vector<scalar_t> sorted_boxes, areas;
@@ -44,14 +45,15 @@ std::tuple<at::Tensor, at::Tensor> cl_balanced_nms_cpu_kernel(
           cluster.push_back(j);
         }
       }
-      // softmax(p / temperature)-weighted center (eq. 6); the seed has the largest p
-      const scalar_t p_max = p[order[i]];
+      // softmax(f / temperature)-weighted center (eq. 6), shifted by the seed's f (the seed
+      // has the largest p, so the largest f, f being monotone in p)
+      const scalar_t f_seed = f[order[i]];
       scalar_t z = 0, cx = 0, cy = 0;
       scalar_t ex0 = b[4 * i], ey0 = b[4 * i + 1], ex1 = b[4 * i + 2], ey1 = b[4 * i + 3];
       weight.resize(cluster.size());
       for (size_t k = 0; k < cluster.size(); ++k) {
         const scalar_t* bk = b + 4 * cluster[k];
-        weight[k] = std::exp((p[order[cluster[k]]] - p_max) / temperature);
+        weight[k] = std::exp((f[order[cluster[k]]] - f_seed) / temperature);
         z = z + weight[k];
         cx = cx + weight[k] * ((bk[0] + bk[2]) * scalar_t(0.5));
         cy = cy + weight[k] * ((bk[1] + bk[3]) * scalar_t(0.5));
@@ -88,17 +90,19 @@ std::tuple<at::Tensor, at::Tensor> cl_balanced_nms_cpu_kernel(
 
 std::tuple<at::Tensor, at::Tensor> cl_balanced_nms_cpu(const at::Tensor& boxes,
                                                        const at::Tensor& scores,
+                                                       const at::Tensor& center_logits,
                                                        const at::Tensor& idxs, double iou_threshold,
                                                        double temperature, double dis_scale) {
-  nms_utils::check_inputs("cl_balanced_nms", boxes, {{"scores", &scores}}, idxs);
+  nms_utils::check_inputs("cl_balanced_nms", boxes,
+                          {{"scores", &scores}, {"center_logits", &center_logits}}, idxs);
   TORCH_CHECK_VALUE(temperature > 0, "cl_balanced_nms: temperature must be positive, got ",
                     temperature);
   TORCH_CHECK_VALUE(dis_scale >= 0, "cl_balanced_nms: dis_scale must be >= 0, got ", dis_scale);
   std::tuple<at::Tensor, at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "cl_balanced_nms_cpu", [&] {
     result = cl_balanced_nms_cpu_kernel<scalar_t>(
-        boxes.contiguous(), scores.contiguous(), idxs.contiguous(), iou_threshold,
-        static_cast<scalar_t>(temperature), static_cast<scalar_t>(dis_scale));
+        boxes.contiguous(), scores.contiguous(), center_logits.contiguous(), idxs.contiguous(),
+        iou_threshold, static_cast<scalar_t>(temperature), static_cast<scalar_t>(dis_scale));
   });
   return result;
 }

@@ -37,10 +37,13 @@ std::tuple<at::Tensor, at::Tensor> soft_nms_cpu(const at::Tensor& boxes, const a
                                                 double iou_threshold, double sigma,
                                                 double score_threshold);
 
-// Returns one representative per cluster and its selection score p + dis, sorted by
-// (selection score desc, index asc).
+// Clusters and selects by `scores` (p); the cluster's center is weighted by
+// softmax(center_logits / temperature) (f of eq. 6, a monotone function of p). Returns one
+// representative per cluster and its selection score p + dis, sorted by (selection score desc,
+// index asc).
 std::tuple<at::Tensor, at::Tensor> cl_balanced_nms_cpu(const at::Tensor& boxes,
                                                        const at::Tensor& scores,
+                                                       const at::Tensor& center_logits,
                                                        const at::Tensor& idxs, double iou_threshold,
                                                        double temperature, double dis_scale);
 

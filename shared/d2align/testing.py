@@ -2,6 +2,7 @@
 model configs, fixed batches, seeded heads and short SGD runs. Not imported by production code."""
 
 import contextlib
+import math
 import os
 from typing import Dict, Iterable, List, Sequence, Tuple
 
@@ -489,3 +490,26 @@ def train_and_evaluate_on_tiny_shapes(
             opts=opts, config_hooks=config_hooks,
         )  # fmt: skip
         return train_from_scratch(cfg)
+
+
+def lone_boxes_and_one_duplicated_object(
+    num_lone: int = 100, lone_score: float = 0.45, pair_scores=(0.50, 0.49)
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The layout where CL-balanced NMS meets a detection cap (DC Loss): `num_lone` isolated
+    20 x 20 boxes at `lone_score` on a 60-px grid, then one 40 x 40 object detected twice at
+    `pair_scores` (boxes shifted by 12 px: IoU 0.54, one cluster at NMS threshold 0.5). A lone
+    box has dis = 1, the pair's chosen box less, so ranking by p + dis puts every lone box
+    first; ranked by p, the object's detection comes first.
+
+    Returns:
+        boxes (Tensor[num_lone + 2, 4]) XYXY, the pair last; scores (Tensor[num_lone + 2]).
+    """
+    side = math.ceil(math.sqrt(num_lone))
+    ij = torch.stack(torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij"), -1)
+    corners = ij.reshape(-1, 2)[:num_lone].float() * 60
+    lone = torch.cat([corners, corners + 20], dim=1)
+    origin = 60.0 * side + 40
+    pair = torch.tensor([[origin, origin, origin + 40, origin + 40],
+                         [origin + 12, origin, origin + 52, origin + 40]])  # fmt: skip
+    scores = torch.tensor([lone_score] * num_lone + list(pair_scores))
+    return torch.cat([lone, pair]), scores

@@ -49,6 +49,11 @@ def add_cpm_rcnn_config(cfg: CN) -> None:
     # classification confidence alone, the same boxes: the baseline the fused score is claimed
     # to beat). The ISM / RSM scores are returned either way.
     _C.TEST_SCORE = "fused"
+    # Training: append each image's ground-truth boxes to the candidates of every stage after
+    # the first (the first stage's sampled proposals hold them already), as the official code
+    # does, so that the later stages (and the ISM / RSM on the last one) have samples from the
+    # first iteration. False: the later stages see only the previous stage's decoded boxes.
+    _C.ADD_GT_TO_STAGES = True
 
     # The grid branch g_j (§3.1, after Grid R-CNN), one per stage.
     _C.GRID_HEAD = CN()
@@ -60,7 +65,7 @@ def add_cpm_rcnn_config(cfg: CN) -> None:
     _C.GRID_HEAD.POOLER_RESOLUTION = 14
     _C.GRID_HEAD.POOLER_SAMPLING_RATIO = 0
     _C.GRID_HEAD.POOLER_TYPE = "ROIAlignV2"
-    # Conv tower: NUM_CONVS 3x3 convs (dilation 2, the first of stride 2) of
+    # Conv tower: NUM_CONVS plain 3x3 convs (padding 1, the first of stride 2) of
     # POINT_CHANNELS x G channels, as Grid R-CNN; NORM "" or "GN" (groups = G).
     _C.GRID_HEAD.NUM_CONVS = 8
     _C.GRID_HEAD.POINT_CHANNELS = 64

@@ -22,10 +22,16 @@ __all__ = ["GridHead"]
 
 
 class GridHead(nn.Module):
-    """Conv tower (`num_convs` 3x3 convs of G x P channels, dilation 2, the first of stride 2,
-    each followed by the norm and ReLU), then two grouped 4x4 deconvolutions of stride 2 (one
-    group per point, so that each heatmap has its own channels), as Grid R-CNN's head without
-    its feature fusion."""
+    """Conv tower (`num_convs` plain 3x3 convs of G x P channels, padding 1, the first of
+    stride 2, each followed by the norm and ReLU), then two grouped 4x4 deconvolutions of
+    stride 2 (one group per point, so that each heatmap has its own channels), as Grid R-CNN's
+    head without its feature fusion (mmdetection's `GridHead` and the official CPM R-CNN code
+    use the same tower).
+
+    Every output cell of the tower depends on every one of the S x S input positions once the
+    tower has enough convs (two suffice for S = 14): the stride-2 conv reads rows 2o - 1, 2o,
+    2o + 1, so no input row or column is skipped. (A dilation-2 tower, which an earlier version
+    had, reads only the even positions in its first conv and keeps four sub-grids apart.)"""
 
     @configurable
     def __init__(
@@ -54,9 +60,7 @@ class GridHead(nn.Module):
         width = num_points * point_channels
         layers, in_channels = [], input_shape.channels
         for i in range(num_convs):
-            conv = nn.Conv2d(
-                in_channels, width, 3, stride=2 if i == 0 else 1, padding=2, dilation=2
-            )
+            conv = nn.Conv2d(in_channels, width, 3, stride=2 if i == 0 else 1, padding=1)
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(conv.bias)
             layers += [conv] + self._norm(norm, width) + [nn.ReLU(inplace=True)]

@@ -3,10 +3,14 @@ Mapping Module) and the fused scoring network (IoU / Resampling Scoring Modules)
 
 Training (§3.2-3.4): the classification branch is Faster R-CNN's on the sampled proposals.
 Stage j of the grid branch trains on the boxes whose IoU with a GT reaches its threshold (stage
-1: the sampled proposals; stage j > 1: the detached boxes decoded by stage j - 1), with the
-heatmap targets of its mapping ratio and the loss beta_j omega L_BCE (eq. 2). The ISM regresses
-the IoU of the last stage's boxes with their GT (eq. 7); the RSM classifies the last stage's
-boxes (as their GT class) against the negative proposals.
+1: the sampled proposals; stage j > 1: the detached boxes decoded by stage j - 1, plus the
+ground-truth boxes as the official code adds them to every stage, `MODEL.CPM_RCNN.
+ADD_GT_TO_STAGES`), with the heatmap targets of its mapping ratio and the loss beta_j omega
+L_BCE (eq. 2). The ISM regresses the IoU of the last stage's boxes with their GT (eq. 7); the
+RSM classifies the last stage's boxes against the negative proposals, each box re-matched to
+the ground truth with the classification branch's foreground threshold (a decoded box below it
+is background, as in the official code), the union subsampled like the proposals
+(`MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE`, `POSITIVE_FRACTION`).
 
 Inference (§3.4): the classification branch scores the proposals; per class NMS
 (`MODEL.ROI_HEADS.NMS_THRESH_TEST`, 0.3) keeps at most `TEST.DETECTIONS_PER_IMAGE` (96); the
@@ -26,7 +30,8 @@ import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, batched_nms, cat
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, build_box_head
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.modeling.sampling import subsample_labels
+from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
@@ -79,6 +84,7 @@ class CPMROIHeads(D2AlignStandardROIHeads):
         test_stage: int,
         gamma: float,
         test_score: str = "fused",
+        add_gt_to_stages: bool = True,
         ism_head: Optional[nn.Module] = None,
         ism_loss_type: str = "l2",
         ism_loss_weight: float = 1.0,
@@ -100,6 +106,8 @@ class CPMROIHeads(D2AlignStandardROIHeads):
             gamma (float): of the fused score (eq. 4).
             test_score (str): what ranks the detections: "fused" (eq. 4) or "cls" (the
                 classification confidence alone).
+            add_gt_to_stages (bool): in training, append each image's ground-truth boxes to
+                the candidates of every stage j > 1 (stage 1's proposals hold them already).
             ism_head (nn.Module or None): IoU Scoring Module on the last stage's 7x7 grid
                 features (None: no ISM).
             ism_loss_type (str): "l2", "l1" or "smooth_l1" (eq. 7).
@@ -129,6 +137,7 @@ class CPMROIHeads(D2AlignStandardROIHeads):
         self.test_stage = test_stage
         self.gamma = gamma
         self.test_score = test_score
+        self.add_gt_to_stages = add_gt_to_stages
         self.ism_head = ism_head
         self.ism_loss_type = ism_loss_type
         self.ism_loss_weight = ism_loss_weight
@@ -173,6 +182,7 @@ class CPMROIHeads(D2AlignStandardROIHeads):
             test_stage=c.TEST_STAGE or c.NUM_STAGES,
             gamma=c.FUSED_SCORE_GAMMA,
             test_score=c.TEST_SCORE,
+            add_gt_to_stages=c.ADD_GT_TO_STAGES,
             ism_loss_type=c.ISM.LOSS_TYPE,
             ism_loss_weight=c.ISM.LOSS_WEIGHT,
             rsm_loss_weight=c.RSM.LOSS_WEIGHT,
@@ -250,6 +260,8 @@ class CPMROIHeads(D2AlignStandardROIHeads):
         losses = {}
         for j in range(self.num_stages):
             rois, matched_gt, matched_cls = [], [], []
+            if j > 0 and self.add_gt_to_stages:
+                boxes = [torch.cat([b, t.gt_boxes.tensor]) for b, t in zip(boxes, targets)]
             for boxes_i, target in zip(boxes, targets):
                 kept, matched, _ = select_stage_boxes(
                     boxes_i, target.gt_boxes.tensor, self.iou_thresholds[j]
@@ -281,7 +293,9 @@ class CPMROIHeads(D2AlignStandardROIHeads):
         if self.ism_head is not None:
             losses["loss_ism"] = self.ism_loss_weight * self._ism_loss(features, final)
         if self.rsm_head is not None:
-            losses["loss_rsm"] = self.rsm_loss_weight * self._rsm_loss(features, proposals, final)
+            losses["loss_rsm"] = self.rsm_loss_weight * self._rsm_loss(
+                features, proposals, final, targets
+            )
         return losses
 
     def _ism_scores(self, features, boxes: List[torch.Tensor]) -> torch.Tensor:
@@ -303,17 +317,62 @@ class CPMROIHeads(D2AlignStandardROIHeads):
         scores, _ = self.rsm_predictor(self.rsm_head(self._pool_box(features, boxes)))
         return scores
 
-    def _rsm_loss(self, features, proposals: List[Instances], final: List[Instances]):
-        """Cross-entropy of the RSM on each image's negative proposals and final boxes."""
+    def rsm_samples(
+        self, proposals: List[Instances], final: List[Instances], targets: List[Instances]
+    ) -> List[Instances]:
+        """The RSM's training samples of each image: its negative proposals and the last
+        stage's boxes, the latter re-matched to the image's ground truth with the classification
+        branch's matcher (`MODEL.ROI_HEADS.IOU_THRESHOLDS`: a decoded box whose best IoU is
+        below the foreground threshold is background, whatever RoI it came from), the union
+        subsampled to `batch_size_per_image` with at most `positive_fraction` foreground.
+
+        Args:
+            proposals (list[Instances]): the sampled proposals (`proposal_boxes`,
+                `gt_classes`; background = K).
+            final (list[Instances]): `proposal_boxes`, the last stage's boxes.
+            targets (list[Instances]): `gt_boxes`, `gt_classes`.
+
+        Returns:
+            list[Instances]: `proposal_boxes` and `gt_classes` (background = K) per image.
+        """
         samples = []
-        for props, fin in zip(proposals, final):
+        for props, fin, target in zip(proposals, final, targets):
             negative = props[props.gt_classes == self.num_classes]
-            sample = Instances(props.image_size)
-            sample.proposal_boxes = Boxes(
-                torch.cat([negative.proposal_boxes.tensor, fin.proposal_boxes.tensor])
+            boxes = fin.proposal_boxes.tensor
+            if len(target) > 0 and len(boxes) > 0:
+                quality = pairwise_iou(target.gt_boxes, Boxes(boxes))  # (G_t, P)
+                matched, match_labels = self.proposal_matcher(quality)
+                labels = target.gt_classes[matched].clone()
+                labels[match_labels == 0] = self.num_classes
+                labels[match_labels == -1] = -1
+            else:
+                labels = torch.full_like(boxes[:, 0], self.num_classes, dtype=torch.int64)
+            all_boxes = torch.cat([negative.proposal_boxes.tensor, boxes])
+            all_labels = torch.cat([negative.gt_classes, labels])
+            pos, neg = subsample_labels(
+                all_labels, self.batch_size_per_image, self.positive_fraction, self.num_classes
             )
-            sample.gt_classes = torch.cat([negative.gt_classes, fin.gt_classes])
+            chosen = torch.cat([pos, neg])
+            sample = Instances(props.image_size)
+            sample.proposal_boxes = Boxes(all_boxes[chosen])
+            sample.gt_classes = all_labels[chosen]
             samples.append(sample)
+        return samples
+
+    def _rsm_loss(
+        self,
+        features,
+        proposals: List[Instances],
+        final: List[Instances],
+        targets: List[Instances],
+    ):
+        """Cross-entropy of the RSM on each image's `rsm_samples`."""
+        samples = self.rsm_samples(proposals, final, targets)
+        num_fg = sum(int((s.gt_classes < self.num_classes).sum()) for s in samples)
+        num_all = sum(len(s) for s in samples)
+        storage = get_event_storage()
+        storage.put_scalar("rsm/num_fg_samples", num_fg / len(samples))
+        storage.put_scalar("rsm/num_bg_samples", (num_all - num_fg) / len(samples))
         logits = self._rsm_logits(features, [s.proposal_boxes.tensor for s in samples])
         return self.rsm_predictor.losses((logits, None), samples)["loss_cls"]
 

@@ -323,6 +323,7 @@ def test_cl_balanced_nms_equals_the_reference_on_the_models_candidates():
         boxes, scores, classes = cands.pred_boxes.tensor, cands.scores, cands.pred_classes
         assert len(boxes) > 50
         keep, _ = cl_balanced_nms_reference(boxes, scores, classes, NMS_THRESH, 1.0, 1.0)
+        keep = keep[torch.sort(scores[keep], descending=True, stable=True).indices]  # by p
         assert torch.equal(dets.pred_boxes.tensor, boxes[keep])
         assert torch.equal(dets.scores, scores[keep])
         standard = batched_nms(boxes, scores, classes, NMS_THRESH)

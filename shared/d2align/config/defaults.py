@@ -58,6 +58,7 @@ def add_d2align_config(cfg: CN) -> None:
     cfg.MODEL.D2ALIGN_ROI_HEADS.SOFT_NMS_SCORE_THRESH = 0.001
     cfg.MODEL.D2ALIGN_ROI_HEADS.CL_NMS_TEMPERATURE = 1.0
     cfg.MODEL.D2ALIGN_ROI_HEADS.CL_NMS_DIS_SCALE = 1.0
+    cfg.MODEL.D2ALIGN_ROI_HEADS.CL_NMS_CENTER_WEIGHTS = "logit"
     # D2AlignRetinaNet (d2align.modeling.retinanet): detectron2's RetinaNet with overridable
     # assignment, losses and NMS, beside MODEL.RETINANET (whose keys it keeps). With these
     # defaults it is exactly detectron2's RetinaNet.
@@ -83,3 +84,7 @@ def add_d2align_config(cfg: CN) -> None:
     _R.SOFT_NMS_SCORE_THRESH = 0.001  # Soft-NMS drops boxes whose decayed score falls below
     _R.CL_NMS_TEMPERATURE = 1.0  # temperature of eq. 6's softmax over the cluster's scores
     _R.CL_NMS_DIS_SCALE = 1.0  # weight of eq. 7's centre term dis against the score p
+    # f of eq. 6, whose softmax weights the cluster's centres: "logit" (log(p / (1 - p)), the
+    # pre-activation the paper's f most plausibly names, kept apart from the probability p of
+    # eq. 7) or "probability" (p itself: nearly uniform weights for p in [0, 1]).
+    _R.CL_NMS_CENTER_WEIGHTS = "logit"

@@ -9,6 +9,9 @@ so that a detector's post-processing can switch among them by a config key (the 
     "cl_balanced": Classification-Localization-balanced NMS (DC Loss paper, eq. 6-7),
         `batched_cl_balanced_nms`.
 
+Every type returns its detections ranked by the score it reports, so that a detector's cap on
+detections per image (`TEST.DETECTIONS_PER_IMAGE`) keeps the most confident ones.
+
 Shape legend:
     M: candidates of one image; D: kept detections
 
@@ -23,9 +26,10 @@ from detectron2.layers import batched_nms
 from ..config import check_choice, check_config
 from ..ops import batched_cl_balanced_nms, batched_soft_nms
 
-__all__ = ["NMS_TYPES", "nms_settings_from_config", "per_class_nms"]
+__all__ = ["NMS_TYPES", "CL_NMS_CENTER_WEIGHTS", "nms_settings_from_config", "per_class_nms"]
 
 NMS_TYPES = ("standard", "soft_linear", "soft_gaussian", "cl_balanced")
+CL_NMS_CENTER_WEIGHTS = ("logit", "probability")  # f of eq. 6 (`batched_cl_balanced_nms`)
 
 
 def per_class_nms(
@@ -39,6 +43,7 @@ def per_class_nms(
     soft_nms_score_thresh: float = 0.001,
     cl_nms_temperature: float = 1.0,
     cl_nms_dis_scale: float = 1.0,
+    cl_nms_center_weights: str = "logit",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """NMS of type `nms_type`, each class independently.
 
@@ -54,10 +59,15 @@ def per_class_nms(
         soft_nms_score_thresh (float): Soft-NMS drops boxes whose decayed score falls below it.
         cl_nms_temperature (float): temperature of the softmax of eq. 6 (CL-balanced), > 0.
         cl_nms_dis_scale (float): weight of the centre term of eq. 7 (CL-balanced), >= 0.
+        cl_nms_center_weights (str): f of eq. 6 (CL-balanced): "logit" or "probability".
 
     Returns:
-        keep (Tensor[D], int64): kept candidates, best first: by score (standard), by decayed
-            score (Soft-NMS), by selection score p + dis (CL-balanced).
+        keep (Tensor[D], int64): kept candidates, best first by the score returned: by score
+            (standard), by decayed score (Soft-NMS), by the classification score p
+            (CL-balanced: p + dis chooses each cluster's box, then the kept boxes are ranked by
+            p, the score they are reported with, ties in p + dis order; a cap on the number of
+            detections then drops the least confident, not the lone boxes that p + dis
+            favours: a box alone in its cluster has dis = 1).
         scores (Tensor[D]): their scores as detections: `scores[keep]` (standard,
             CL-balanced: the classification score, the selection score p + dis only ranks),
             the decayed scores (Soft-NMS).
@@ -83,15 +93,17 @@ def per_class_nms(
             iou_threshold=iou_threshold,
             temperature=cl_nms_temperature,
             dis_scale=cl_nms_dis_scale,
+            center_weights=cl_nms_center_weights,
         )
+        keep = keep[torch.sort(scores[keep], descending=True, stable=True).indices]
         return keep, scores[keep]
     raise ValueError(f"per_class_nms: nms_type must be one of {NMS_TYPES}, got {nms_type!r}")
 
 
 def nms_settings_from_config(node, prefix: str) -> Tuple[str, Dict[str, Any]]:
     """The NMS type and the keyword arguments of `per_class_nms` from a config node holding
-    NMS_TYPE, SOFT_NMS_SIGMA, SOFT_NMS_SCORE_THRESH, CL_NMS_TEMPERATURE and CL_NMS_DIS_SCALE
-    (e.g. `cfg.MODEL.D2ALIGN_ROI_HEADS`), checked.
+    NMS_TYPE, SOFT_NMS_SIGMA, SOFT_NMS_SCORE_THRESH, CL_NMS_TEMPERATURE, CL_NMS_DIS_SCALE and
+    CL_NMS_CENTER_WEIGHTS (e.g. `cfg.MODEL.D2ALIGN_ROI_HEADS`), checked.
 
     Args:
         node (CfgNode): the node.
@@ -99,7 +111,7 @@ def nms_settings_from_config(node, prefix: str) -> Tuple[str, Dict[str, Any]]:
 
     Returns:
         (nms_type, kwargs): kwargs has soft_nms_sigma, soft_nms_score_thresh,
-        cl_nms_temperature and cl_nms_dis_scale.
+        cl_nms_temperature, cl_nms_dis_scale and cl_nms_center_weights.
 
     Raises:
         ValueError: a value is out of range (the message names the key).
@@ -126,9 +138,13 @@ def nms_settings_from_config(node, prefix: str) -> Tuple[str, Dict[str, Any]]:
         node.CL_NMS_DIS_SCALE,
         "must be >= 0",
     )
+    check_choice(
+        prefix + "CL_NMS_CENTER_WEIGHTS", node.CL_NMS_CENTER_WEIGHTS, CL_NMS_CENTER_WEIGHTS
+    )
     return node.NMS_TYPE, dict(
         soft_nms_sigma=node.SOFT_NMS_SIGMA,
         soft_nms_score_thresh=node.SOFT_NMS_SCORE_THRESH,
         cl_nms_temperature=node.CL_NMS_TEMPERATURE,
         cl_nms_dis_scale=node.CL_NMS_DIS_SCALE,
+        cl_nms_center_weights=node.CL_NMS_CENTER_WEIGHTS,
     )

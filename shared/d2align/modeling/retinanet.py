@@ -50,7 +50,7 @@ from torch import Tensor
 
 from ..config import check_choice, check_config
 from .losses import balanced_l1_loss, focal_loss_on_labels
-from .postprocessing import NMS_TYPES, per_class_nms
+from .postprocessing import NMS_TYPES, nms_settings_from_config, per_class_nms
 
 __all__ = ["BBOX_REG_LOSS_TYPES", "D2AlignRetinaNet", "check_d2align_retinanet_config"]
 
@@ -69,20 +69,7 @@ def check_d2align_retinanet_config(cfg) -> None:
         check_config(value > 0, k + "BALANCED_L1." + key, value, "must be > 0")
     for key in ("CLS_LOSS_WEIGHT", "BOX_REG_LOSS_WEIGHT"):
         check_config(c[key] >= 0, k + key, c[key], "must be >= 0")
-    check_choice(k + "NMS_TYPE", c.NMS_TYPE, NMS_TYPES)
-    check_config(c.SOFT_NMS_SIGMA > 0, k + "SOFT_NMS_SIGMA", c.SOFT_NMS_SIGMA, "must be > 0")
-    check_config(
-        0 <= c.SOFT_NMS_SCORE_THRESH <= 1,
-        k + "SOFT_NMS_SCORE_THRESH",
-        c.SOFT_NMS_SCORE_THRESH,
-        "must be in [0, 1]",
-    )
-    check_config(
-        c.CL_NMS_TEMPERATURE > 0, k + "CL_NMS_TEMPERATURE", c.CL_NMS_TEMPERATURE, "must be > 0"
-    )
-    check_config(
-        c.CL_NMS_DIS_SCALE >= 0, k + "CL_NMS_DIS_SCALE", c.CL_NMS_DIS_SCALE, "must be >= 0"
-    )
+    nms_settings_from_config(c, k)
     r = cfg.MODEL.RETINANET
     for key in ("NMS_THRESH_TEST", "SCORE_THRESH_TEST"):
         check_config(0 <= r[key] <= 1, "MODEL.RETINANET." + key, r[key], "must be in [0, 1]")
@@ -121,6 +108,7 @@ class D2AlignRetinaNet(RetinaNet):
         soft_nms_score_thresh: float = 0.001,
         cl_nms_temperature: float = 1.0,
         cl_nms_dis_scale: float = 1.0,
+        cl_nms_center_weights: str = "logit",
         **kwargs,
     ):
         """
@@ -130,7 +118,8 @@ class D2AlignRetinaNet(RetinaNet):
             cls_loss_weight, box_reg_loss_weight (float): weights of the two losses.
             nms_type (str): one of `NMS_TYPES` (`d2align.modeling.per_class_nms`).
             soft_nms_sigma, soft_nms_score_thresh (float): Soft-NMS parameters.
-            cl_nms_temperature, cl_nms_dis_scale (float): CL-balanced NMS parameters.
+            cl_nms_temperature, cl_nms_dis_scale (float), cl_nms_center_weights (str):
+                CL-balanced NMS parameters.
             kwargs: detectron2 `RetinaNet` arguments; `box_reg_loss_type` may also be
                 "balanced_l1".
         """
@@ -153,6 +142,7 @@ class D2AlignRetinaNet(RetinaNet):
             soft_nms_score_thresh=soft_nms_score_thresh,
             cl_nms_temperature=cl_nms_temperature,
             cl_nms_dis_scale=cl_nms_dis_scale,
+            cl_nms_center_weights=cl_nms_center_weights,
         )
 
     @classmethod
@@ -168,12 +158,9 @@ class D2AlignRetinaNet(RetinaNet):
             balanced_l1_beta=c.BALANCED_L1.BETA,
             cls_loss_weight=c.CLS_LOSS_WEIGHT,
             box_reg_loss_weight=c.BOX_REG_LOSS_WEIGHT,
-            nms_type=c.NMS_TYPE,
-            soft_nms_sigma=c.SOFT_NMS_SIGMA,
-            soft_nms_score_thresh=c.SOFT_NMS_SCORE_THRESH,
-            cl_nms_temperature=c.CL_NMS_TEMPERATURE,
-            cl_nms_dis_scale=c.CL_NMS_DIS_SCALE,
         )
+        nms_type, nms_kwargs = nms_settings_from_config(c, "MODEL.D2ALIGN_RETINANET.")
+        ret.update(nms_type=nms_type, **nms_kwargs)
         return ret
 
     # ---- training ------------------------------------------------------------------------

@@ -25,7 +25,15 @@ import torch
 
 from ._ext import compiled_with_cuda, require_ext
 
-__all__ = ["batched_iou_guided_nms", "batched_soft_nms", "batched_cl_balanced_nms"]
+__all__ = [
+    "batched_iou_guided_nms",
+    "batched_soft_nms",
+    "batched_cl_balanced_nms",
+    "cl_nms_center_logits",
+]
+
+# clamp of p before its logit: finite f for scores of exactly 0 or 1
+_LOGIT_EPS = 1e-6
 
 
 def _check_inputs(op: str, boxes: torch.Tensor, idxs: torch.Tensor, **scores) -> torch.Tensor:
@@ -154,6 +162,18 @@ def batched_soft_nms(
     )
 
 
+def cl_nms_center_logits(scores: torch.Tensor, center_weights: str) -> torch.Tensor:
+    """f of eq. 6 (CL-balanced NMS) from the scores p: Tensor[N] -> Tensor[N], same dtype.
+
+    "logit": log(p / (1 - p)) of p clamped to [1e-6, 1 - 1e-6]; "probability": p itself.
+    """
+    if center_weights == "probability":
+        return scores
+    if center_weights == "logit":
+        return torch.logit(scores, eps=_LOGIT_EPS)
+    raise ValueError(f"center_weights must be 'logit' or 'probability', got {center_weights!r}")
+
+
 def batched_cl_balanced_nms(
     boxes: torch.Tensor,
     scores: torch.Tensor,
@@ -161,6 +181,7 @@ def batched_cl_balanced_nms(
     iou_threshold: float = 0.5,
     temperature: float = 1.0,
     dis_scale: float = 1.0,
+    center_weights: str = "logit",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Classification-Localization-balanced NMS (DC Loss paper, §3, eq. 6-7), per class.
 
@@ -175,9 +196,12 @@ def batched_cl_balanced_nms(
        keeps), so the set of objects found does not change; only the box representing each
        object does, which is the paper's intent (the localization factor chooses among
        duplicates of one object).
-    2. Weighted center (eq. 6): c_hat = sum_k w_k c_k, w = softmax(p / temperature) over the
-       cluster, c_k the center of box k. temperature = 1 is eq. 6 with f = p; a smaller
-       temperature concentrates the weights on the most confident boxes.
+    2. Weighted center (eq. 6): c_hat = sum_k w_k c_k, w = softmax(f / temperature) over the
+       cluster, c_k the center of box k. Eq. 6 writes f, a symbol kept apart from the
+       probability p of eq. 7: `center_weights` "logit" takes f = log(p / (1 - p)) (p clamped
+       to [1e-6, 1 - 1e-6]), the pre-sigmoid score of a one-stage detector and the likelier
+       reading; "probability" takes f = p, whose softmax is nearly uniform for p in [0, 1]. A
+       smaller temperature concentrates the weights on the most confident boxes.
     3. dis (eq. 7): dis(c_k, c_hat) = dis_scale * (1 - |c_k - c_hat| / g), with g the
        diagonal of the smallest box enclosing the cluster (0 when g = 0). The ratio is in
        [0, 1] (c_k and c_hat lie in the enclosing box; clamped against rounding), so dis
@@ -195,6 +219,7 @@ def batched_cl_balanced_nms(
         iou_threshold (float): the NMS threshold forming the clusters.
         temperature (float): temperature of the softmax of eq. 6, > 0.
         dis_scale (float): the weight of dis against p in eq. 7, >= 0; 0 gives standard NMS.
+        center_weights (str): f of eq. 6, "logit" or "probability".
 
     Returns:
         keep (int64 Tensor[K]): one box per cluster, sorted by (selection score desc, index
@@ -208,11 +233,13 @@ def batched_cl_balanced_nms(
         raise ValueError(f"{op}: temperature must be positive, got {temperature}")
     if not dis_scale >= 0:
         raise ValueError(f"{op}: dis_scale must be >= 0, got {dis_scale}")
+    center_logits = cl_nms_center_logits(scores, center_weights)
     require_ext("cl_balanced_nms")
     return _on_cpu(
         torch.ops.d2align.cl_balanced_nms,
         boxes,
         scores,
+        center_logits,
         idxs,
         iou_threshold=iou_threshold,
         temperature=temperature,

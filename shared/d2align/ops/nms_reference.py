@@ -108,9 +108,14 @@ def cl_balanced_nms_reference(
     iou_threshold: float = 0.5,
     temperature: float = 1.0,
     dis_scale: float = 1.0,
+    center_weights: str = "logit",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """CL-balanced NMS (DC Loss eq. 6-7), per class. See `d2align.ops.batched_cl_balanced_nms`."""
     b, p = boxes.tolist(), scores.tolist()
+    if center_weights == "logit":  # f = log(p / (1 - p)), p clamped to [1e-6, 1 - 1e-6]
+        f = [math.log(q / (1.0 - q)) for q in (min(max(q, 1e-6), 1.0 - 1e-6) for q in p)]
+    else:
+        f = p
     kept = []
     for members in _by_class(idxs).values():
         remaining = sorted(members, key=lambda i: (-p[i], i))
@@ -119,8 +124,8 @@ def cl_balanced_nms_reference(
             cluster = [seed] + [j for j in remaining if _box_iou(b[seed], b[j]) > iou_threshold]
             remaining = [j for j in remaining if j not in cluster]
             centers = [((b[k][0] + b[k][2]) * 0.5, (b[k][1] + b[k][3]) * 0.5) for k in cluster]
-            # eq. 6: softmax(p / temperature)-weighted center of the cluster
-            weights = [math.exp((p[k] - p[seed]) / temperature) for k in cluster]
+            # eq. 6: softmax(f / temperature)-weighted center of the cluster
+            weights = [math.exp((f[k] - f[seed]) / temperature) for k in cluster]
             z = cx = cy = 0.0
             for w, (x, y) in zip(weights, centers):
                 z, cx, cy = z + w, cx + w * x, cy + w * y
