@@ -202,6 +202,22 @@ def test_cl_balanced_center_weights_logit_and_probability_by_hand():
         batched_cl_balanced_nms(boxes, scores, idxs, center_weights="softmax")
 
 
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_mixed_dtypes_are_computed_in_the_widest(case):
+    """Scores in bfloat16 next to float32 boxes (autocast): the op runs in float32 on the
+    bfloat16 values, as if they had been widened by hand; float64 scores widen the boxes."""
+    op, _, num_scores, kwargs = case
+    boxes, scores, idxs = clustered_inputs(200, 3, seed=11, dtype=torch.float32)
+    half = [x.bfloat16() for x in scores]
+    keep, new_scores = run(op, boxes, half, idxs, kwargs, num_scores)
+    ref_keep, ref_scores = run(op, boxes, [x.float() for x in half], idxs, kwargs, num_scores)
+    assert torch.equal(keep, ref_keep) and torch.equal(new_scores, ref_scores)
+    assert new_scores.dtype == torch.float32
+    keep, new_scores = run(op, boxes, [x.double() for x in scores], idxs, kwargs, num_scores)
+    ref = run(op, boxes.double(), [x.double() for x in scores], idxs, kwargs, num_scores)
+    assert torch.equal(keep, ref[0]) and new_scores.dtype == torch.float64
+
+
 def test_cl_balanced_without_dis_is_standard_nms():
     boxes, (p, _), idxs = clustered_inputs(400, 5, seed=5, dtype=torch.float32)
     keep, s = batched_cl_balanced_nms(boxes, p, idxs, iou_threshold=0.5, dis_scale=0.0)
@@ -275,8 +291,8 @@ def test_bad_inputs():
         batched_iou_guided_nms(boxes, s, bad, idxs, 0.5)
     with pytest.raises(ValueError, match="method must be 'linear' or 'gaussian'"):
         batched_soft_nms(boxes, s, idxs, method="hard")
-    with pytest.raises(TypeError, match="scores must have the dtype of boxes"):
-        batched_soft_nms(boxes, s.double(), idxs)
+    with pytest.raises(TypeError, match="scores must be a floating-point tensor"):
+        batched_soft_nms(boxes, (s * 10).long(), idxs)
     with pytest.raises(TypeError, match="idxs must be an integer tensor"):
         batched_soft_nms(boxes, s, idxs.float())
     with pytest.raises(ValueError, match="iou_threshold must be in"):

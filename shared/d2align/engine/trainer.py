@@ -10,6 +10,8 @@ It adds to detectron2's DefaultTrainer:
     continues with the same momentum; a checkpoint without it (written by detectron2 v0.6's
     DefaultTrainer) resumes on detectron2 v0.6 and main alike;
   * multi-process training on the CPU (gloo, see `d2align.engine.distributed`);
+  * `SOLVER.AMP.ENABLED` on the CPU: bfloat16 autocast (`d2align.engine.amp`); on CUDA it
+    is detectron2's `AMPTrainer` (float16 with a gradient scaler);
   * `D2AlignCheckpointer` for loading MODEL.WEIGHTS and resuming (no code runs from a weights
     file; a checkpoint that does not fit the model is refused).
 Projects subclass it only when they need another data mapper or evaluator.
@@ -29,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import D2AlignCheckpointer
 from ..evaluation import D2AlignCOCOEvaluator
+from .amp import CPUAutocastTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -92,20 +95,23 @@ class Trainer(DefaultTrainer):
             self._init_on_cpu_processes(cfg)
         else:
             super().__init__(cfg)
+            if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
+                # DefaultTrainer built detectron2's CUDA-only AMPTrainer: the CPU's instead
+                inner = self._trainer
+                self._trainer = CPUAutocastTrainer(inner.model, inner.data_loader, inner.optimizer)
 
     def _init_on_cpu_processes(self, cfg):
         """DefaultTrainer.__init__ for several processes on the CPU: the same steps, with a CPU
         DistributedDataParallel (detectron2's `create_ddp_model` passes `device_ids=[local
         rank]`, which DistributedDataParallel refuses for a module on the CPU)."""
-        if cfg.SOLVER.AMP.ENABLED:
-            raise ValueError("SOLVER.AMP.ENABLED = True: mixed precision needs CUDA")
         TrainerBase.__init__(self)
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = DistributedDataParallel(model, broadcast_buffers=False)
-        self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        loop = CPUAutocastTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = loop(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = D2AlignCheckpointer.from_config(
             cfg, model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)

@@ -297,8 +297,9 @@ class D2AlignRetinaNet(RetinaNet):
             gamma=self.focal_loss_gamma,
             reduction="none",
         )  # (number of non-ignored anchors, K), in the order of gt_labels >= 0
-        loss = logits.new_zeros(gt_labels.shape)
-        return loss.masked_scatter(gt_labels >= 0, per_class.sum(dim=1))
+        per_anchor = per_class.sum(dim=1)  # float32 under autocast, whatever the logits' dtype
+        loss = per_anchor.new_zeros(gt_labels.shape)
+        return loss.masked_scatter(gt_labels >= 0, per_anchor)
 
     def regression_loss(
         self,

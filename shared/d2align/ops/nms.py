@@ -7,8 +7,9 @@ broken deterministically, by the lower box index. The slow references of each al
 `d2align.ops.nms_reference`.
 
 Shapes: N boxes, K kept.
-    boxes:  Tensor[N, 4], float32/float64, XYXY absolute pixels
-    scores: Tensor[N], the dtype of boxes
+    boxes:  Tensor[N, 4], floating point, XYXY absolute pixels
+    scores: Tensor[N], floating point; boxes and scores are computed in the widest of their
+            dtypes and float32 (bfloat16 scores under autocast next to float32 boxes: float32)
     idxs:   integer Tensor[N], the class (or any group id) of each box
     keep:   int64 Tensor[K], indices into the N boxes
 
@@ -36,30 +37,37 @@ __all__ = [
 _LOGIT_EPS = 1e-6
 
 
-def _check_inputs(op: str, boxes: torch.Tensor, idxs: torch.Tensor, **scores) -> torch.Tensor:
-    """Validates the common arguments; returns idxs as int64. (The kernels check that boxes and
-    scores are finite, raising ValueError, in one serial pass.)"""
+def _check_inputs(op: str, boxes: torch.Tensor, idxs: torch.Tensor, **scores):
+    """Validates the common arguments and brings boxes and scores to one floating dtype: the
+    widest of theirs and float32 (under autocast, scores in bfloat16 / float16 next to float32
+    boxes are common; half-precision boxes are widened, which loses nothing). The kernels check
+    that boxes and scores are finite, raising ValueError, in one serial pass.
+
+    Returns:
+        (boxes, scores..., idxs as int64), boxes and scores in the common dtype, in the order
+        of the keyword arguments.
+    """
     if not isinstance(boxes, torch.Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
         raise ValueError(f"{op}: boxes must be a Tensor of shape [N, 4], got {_shape(boxes)}")
-    if boxes.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{op}: boxes must be float32 or float64, got {boxes.dtype}")
     n = boxes.shape[0]
+    dtype = torch.float32
+    for name, x in (("boxes", boxes), *scores.items()):
+        if isinstance(x, torch.Tensor) and not x.dtype.is_floating_point:
+            raise TypeError(f"{op}: {name} must be a floating-point tensor, got {x.dtype}")
     for name, s in scores.items():
         if not isinstance(s, torch.Tensor) or s.shape != (n,):
             raise ValueError(f"{op}: {name} must be a Tensor of shape [{n}], got {_shape(s)}")
-        if s.dtype != boxes.dtype:
-            raise TypeError(
-                f"{op}: {name} must have the dtype of boxes ({boxes.dtype}), got {s.dtype}"
-            )
         if s.device != boxes.device:
             raise ValueError(f"{op}: {name} is on {s.device} but boxes are on {boxes.device}")
+        dtype = torch.promote_types(dtype, s.dtype)
+    dtype = torch.promote_types(dtype, boxes.dtype)
     if not isinstance(idxs, torch.Tensor) or idxs.shape != (n,):
         raise ValueError(f"{op}: idxs must be a Tensor of shape [{n}], got {_shape(idxs)}")
     if idxs.dtype.is_floating_point or idxs.dtype.is_complex or idxs.dtype == torch.bool:
         raise TypeError(f"{op}: idxs must be an integer tensor, got {idxs.dtype}")
     if idxs.device != boxes.device:
         raise ValueError(f"{op}: idxs is on {idxs.device} but boxes are on {boxes.device}")
-    return idxs.long()
+    return (boxes.to(dtype), *(s.to(dtype) for s in scores.values()), idxs.long())
 
 
 def _check_threshold(op: str, name: str, value: float) -> None:
@@ -103,7 +111,9 @@ def batched_iou_guided_nms(
         scores (Tensor[K]): their updated classification scores.
     """
     op = "batched_iou_guided_nms"
-    idxs = _check_inputs(op, boxes, idxs, cls_scores=cls_scores, loc_scores=loc_scores)
+    boxes, cls_scores, loc_scores, idxs = _check_inputs(
+        op, boxes, idxs, cls_scores=cls_scores, loc_scores=loc_scores
+    )
     _check_threshold(op, "iou_threshold", iou_threshold)
     require_ext("iou_guided_nms")
     args = (boxes, cls_scores, loc_scores, idxs)
@@ -143,7 +153,7 @@ def batched_soft_nms(
         scores (Tensor[K]): their decayed scores.
     """
     op = "batched_soft_nms"
-    idxs = _check_inputs(op, boxes, idxs, scores=scores)
+    boxes, scores, idxs = _check_inputs(op, boxes, idxs, scores=scores)
     if method not in ("linear", "gaussian"):
         raise ValueError(f"{op}: method must be 'linear' or 'gaussian', got {method!r}")
     _check_threshold(op, "iou_threshold", iou_threshold)
@@ -227,7 +237,7 @@ def batched_cl_balanced_nms(
         selection_scores (Tensor[K]): their p + dis.
     """
     op = "batched_cl_balanced_nms"
-    idxs = _check_inputs(op, boxes, idxs, scores=scores)
+    boxes, scores, idxs = _check_inputs(op, boxes, idxs, scores=scores)
     _check_threshold(op, "iou_threshold", iou_threshold)
     if not temperature > 0:
         raise ValueError(f"{op}: temperature must be positive, got {temperature}")
