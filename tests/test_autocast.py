@@ -113,8 +113,8 @@ def test_inference_under_autocast(name, device):
 def test_amp_enabled_trains_on_the_cpu_with_bfloat16(tmp_path):
     """SOLVER.AMP.ENABLED on the CPU: the bfloat16 autocast loop (not detectron2's CUDA-only
     AMPTrainer); its forward runs in bfloat16 (a conv output's dtype, recorded by a hook), the
-    final evaluation in float32, and the loss of a Faster R-CNN on a tiny dataset falls over 12 iterations.
-    """
+    final evaluation in float32, and the loss of a Faster R-CNN on a tiny dataset falls over
+    12 iterations."""
     data = register_tiny_shapes(str(tmp_path / "data"), num_train=4, num_val=2, image_size=64,
                                 prefix="d2align_test_amp")  # fmt: skip
     with removed_after(data):
