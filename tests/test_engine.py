@@ -108,3 +108,42 @@ def test_num_classes_mismatch_names_the_key(tiny_data, tmp_path):
     )
     with pytest.raises(ValueError, match="MODEL.ROI_HEADS.NUM_CLASSES"):
         check_num_classes(cfg)
+
+
+def test_inference_timer_waits_for_the_device(monkeypatch):
+    """On CUDA the forward returns before its kernels finish: the timer synchronizes before
+    reading the clock. A stand-in device whose queued work takes 20 ms per forward and is only
+    waited for by `torch.cuda.synchronize`: the timer counts it on "cuda", not on the CPU."""
+    import time
+
+    from d2align.engine.trainer import _ForwardTimer
+
+    pending = []
+
+    class AsyncModel(torch.nn.Module):
+        def forward(self, batch):
+            pending.append(0.02)  # work queued on the device, not yet done
+            return batch
+
+    def synchronize():
+        while pending:
+            time.sleep(pending.pop())
+
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    for device, waits in (("cuda", True), ("cpu", False)):
+        pending.clear()
+        timer = _ForwardTimer(AsyncModel(), warmup=0, device=device)
+        for _ in range(3):
+            timer([None])
+        assert (timer.seconds_per_image() >= 0.02) == waits, device
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback happens without CUDA")
+def test_cuda_config_on_a_machine_without_cuda_says_so(caplog):
+    from d2align.engine import build_config
+
+    with caplog.at_level("WARNING", logger="d2align"):
+        cfg = build_config("", ["MODEL.DEVICE", "cuda"])
+    assert cfg.MODEL.DEVICE == "cpu"
+    (record,) = [r for r in caplog.records if "MODEL.DEVICE" in r.getMessage()]
+    assert "'cuda'" in record.getMessage() and "CPU" in record.getMessage()

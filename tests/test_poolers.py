@@ -67,6 +67,23 @@ class TestPrRoIPooler(unittest.TestCase):
                 row += 1
         self.assertEqual(levels, [2, 3, 2, 4, 4, 5, 5])
 
+    def test_half_precision_features_keep_float32_boxes(self):
+        """bfloat16 / float16 features (autocast): the boxes stay float32, so a box at 1000.3 px
+        pools what float32 features cast to half pool at exactly that box (in half precision
+        1000.3 would be 1000.0 (float16) or 1000 rounded to 4 px (bfloat16))."""
+        generator = torch.Generator().manual_seed(1)
+        features = torch.randn(1, 3, 40, 48, generator=generator)
+        boxes = [Boxes(torch.tensor([[1000.3, 905.7, 1130.1, 1022.9], [3.3, 2.1, 40.7, 9.9]]))]
+        pooler = PrRoIPooler(4, [1 / 32], sampling_ratio=0, pooler_type="PrRoIPool")
+        for half in (torch.bfloat16, torch.float16):
+            out = pooler([features.to(half)], boxes)
+            self.assertEqual(out.dtype, half)
+            rois = torch.cat([torch.zeros(2, 1), boxes[0].tensor], dim=1)
+            exact = prroi_pool(features.to(half).float(), rois, 4, 1 / 32).to(half)
+            torch.testing.assert_close(out, exact, rtol=0, atol=0)
+            rounded = prroi_pool(features.to(half).float(), rois.to(half).float(), 4, 1 / 32)
+            self.assertFalse(torch.equal(out, rounded.to(half)))
+
     def test_single_level_is_the_op(self):
         pooler = PrRoIPooler((3, 4), [1 / 8], sampling_ratio=2, pooler_type="PrRoIPool")
         out = pooler([self.features[1]], self.boxes)

@@ -62,23 +62,21 @@ def stage_boxes(model, inputs):
     Returns:
         boxes (list[Tensor[D, 4]]): the boxes entering stage 1, then after each stage, in the
             image's original pixels; classes (Tensor[D]); peaks (list[Tensor[D, G]]): each
-            stage's heatmap peak probabilities.
+            stage's heatmap peak probabilities; all on the CPU whatever the model's device.
     """
     heads: CPMROIHeads = model.roi_heads
     images = model.preprocess_image([inputs])
     features = model.backbone(images.tensor)
     proposals, _ = model.proposal_generator(images, features)
-    pooled = heads._pool_box(features, [p.proposal_boxes.tensor for p in proposals])
-    box_features = heads.box_head(pooled)
-    probs = heads.box_predictor.predict_probs(heads.box_predictor(box_features), proposals)
+    probs = heads.classify(features, proposals)
     entering, _, classes = heads.select_detections(proposals, probs)
     after, peaks = heads.cascade_boxes(
         features, entering, [p.image_size for p in proposals], return_peaks=True
     )
     in_h, in_w = inputs["image"].shape[-2:]
     scale = torch.tensor([inputs["width"] / in_w, inputs["height"] / in_h] * 2)
-    boxes = [entering[0] * scale] + [stage[0] * scale for stage in after]
-    return boxes, classes[0], peaks
+    boxes = [entering[0].cpu() * scale] + [stage[0].cpu() * scale for stage in after]
+    return boxes, classes[0].cpu(), [p.float().cpu() for p in peaks]
 
 
 def summarize(ious: torch.Tensor, peaks: torch.Tensor) -> List[Dict]:

@@ -55,7 +55,8 @@ def gt_of(record):
 
 @torch.no_grad()
 def candidates_of(model, inputs):
-    """Pre-NMS detections of one image in original pixels: boxes, scores, classes, pred IoU."""
+    """Pre-NMS detections of one image in original pixels: boxes, scores, classes, pred IoU,
+    on the CPU whatever the model's device."""
     images = model.preprocess_image([inputs])
     features = model.backbone(images.tensor)
     proposals, _ = model.proposal_generator(images, features)
@@ -63,7 +64,7 @@ def candidates_of(model, inputs):
     pred_ious = iou_fn(boxes, classes)
     in_h, in_w = inputs["image"].shape[-2:]
     scale = torch.tensor([inputs["width"] / in_w, inputs["height"] / in_h] * 2)
-    return boxes * scale, scores, classes, pred_ious
+    return (boxes.cpu() * scale, scores.float().cpu(), classes.cpu(), pred_ious.float().cpu())
 
 
 def diagnose(model, cfg, dataset, max_images):

@@ -12,7 +12,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.events import EventStorage
 
-import d2align.projects.cpm_rcnn.roi_heads as roi_heads_module
+import d2align.projects.cpm_rcnn.grid_cascade as grid_cascade_module
 from d2align.engine import build_config
 from d2align.projects.cpm_rcnn import (
     CPMROIHeads,
@@ -74,7 +74,7 @@ def test_stage_selection_beta_and_ism_target_in_training(monkeypatch):
     assert heads.stage_weights == [1.0, 0.5, 0.25] and heads.iou_thresholds == [0.5, 0.6, 0.7]
     calls = {"select": [], "decode": [], "bce": [], "ism": []}
 
-    select = roi_heads_module.select_stage_boxes
+    select = grid_cascade_module.select_stage_boxes
 
     def spy_select(boxes, gt, threshold):
         out = select(boxes, gt, threshold)
@@ -93,16 +93,16 @@ def test_stage_selection_beta_and_ism_target_in_training(monkeypatch):
         calls["bce"].append(loss.detach())
         return loss
 
-    ism_loss = heads._ism_loss
+    ism_loss = heads.ism_loss
 
     def spy_ism(features, final):
         calls["ism"].append(final)
         return ism_loss(features, final)
 
-    monkeypatch.setattr(roi_heads_module, "select_stage_boxes", spy_select)
-    monkeypatch.setattr(roi_heads_module, "decode_grid_heatmaps", halfway_decode)
-    monkeypatch.setattr(roi_heads_module, "grid_heatmap_loss", spy_bce)
-    monkeypatch.setattr(heads, "_ism_loss", spy_ism)
+    monkeypatch.setattr(grid_cascade_module, "select_stage_boxes", spy_select)
+    monkeypatch.setattr(grid_cascade_module, "decode_grid_heatmaps", halfway_decode)
+    monkeypatch.setattr(grid_cascade_module, "grid_heatmap_loss", spy_bce)
+    monkeypatch.setattr(heads, "ism_loss", spy_ism)
     losses = _losses(model, batch)
 
     assert len(calls["select"]) == 3 * 2 and len(calls["decode"]) == 3  # stages x images

@@ -9,7 +9,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-import d2align.projects.cpm_rcnn.roi_heads as roi_heads_module
+import d2align.projects.cpm_rcnn.grid_cascade as grid_cascade_module
 from d2align.projects.cpm_rcnn import GridHead
 from d2align.testing import one_thread  # noqa: F401 (a fixture)
 
@@ -46,7 +46,7 @@ def _rsm_case(heads, final_boxes, negatives=3):
     props = Instances(size)
     props.proposal_boxes = Boxes(torch.tensor([[45.0, 45.0, 60.0, 60.0]]).repeat(negatives, 1))
     props.gt_classes = torch.full((negatives,), heads.num_classes)
-    final = Instances(size, proposal_boxes=Boxes(torch.tensor(final_boxes)))
+    final = Instances(size, pred_boxes=Boxes(torch.tensor(final_boxes)))
     return [props], [final], [target]
 
 
@@ -86,13 +86,13 @@ def _stage_candidates(monkeypatch, opts):
     """The candidate boxes each stage's selection sees, per (stage, image), in one training
     step of the tiny model on two images (2 + 1 GT boxes)."""
     seen = []
-    select = roi_heads_module.select_stage_boxes
+    select = grid_cascade_module.select_stage_boxes
 
     def spy(boxes, gt, threshold):
         seen.append((boxes.clone(), gt.clone()))
         return select(boxes, gt, threshold)
 
-    monkeypatch.setattr(roi_heads_module, "select_stage_boxes", spy)
+    monkeypatch.setattr(grid_cascade_module, "select_stage_boxes", spy)
     model = _model(opts)
     with EventStorage() as storage:
         torch.manual_seed(1)

@@ -73,17 +73,19 @@ class MisalignmentAccumulator:
             kept (Mapping[str, Tensor[K] int64]): for each name of `kept_by`, the indices of
                 the detections that method keeps; default: all N for every method.
         """
-        boxes, classes = torch.as_tensor(boxes).float(), torch.as_tensor(classes)
-        gt_boxes, gt_classes = torch.as_tensor(gt_boxes).float(), torch.as_tensor(gt_classes)
+        # everything on the CPU: the model that produced the detections may be on a GPU
+        boxes, classes = _cpu(boxes).float(), _cpu(classes)
+        gt_boxes, gt_classes = _cpu(gt_boxes).float(), _cpu(gt_classes)
         all_kept = torch.arange(len(boxes))
-        kept = kept or {m: all_kept for m in self.counts}
+        kept = {m: _cpu(k) for m, k in kept.items()} if kept else {m: all_kept for m in self.counts}
+        confidences = {name: _cpu(values).float() for name, values in confidences.items()}
         for c in classes.unique().tolist():
             in_class = classes == c
             gt_c = gt_boxes[gt_classes == c]
             iou, _ = match_detections_to_gt(boxes[in_class], gt_c)
             self._ious.append(iou)
             for name, values in confidences.items():
-                self._confidences[name].append(torch.as_tensor(values)[in_class].float())
+                self._confidences[name].append(values[in_class])
             for method, keep in kept.items():
                 keep = keep[classes[keep] == c]
                 self.counts[method] += positives_by_iou(boxes[keep], gt_c, self.bin_edges)
@@ -106,6 +108,11 @@ class MisalignmentAccumulator:
         """Names of the IoU groups, e.g. "0.5-0.6"."""
         edges = self.bin_edges
         return [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def _cpu(values) -> torch.Tensor:
+    """A tensor (on any device), array or list as a CPU tensor."""
+    return values.detach().cpu() if isinstance(values, torch.Tensor) else torch.as_tensor(values)
 
 
 def _xyxy(xywh: Sequence[float]):

@@ -54,6 +54,10 @@ def build_config(
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(
+            f"MODEL.DEVICE = {cfg.MODEL.DEVICE!r} but torch sees no CUDA device: running on the "
+            "CPU (MODEL.DEVICE cpu)"
+        )
         cfg.MODEL.DEVICE = "cpu"
     return cfg
 

@@ -22,6 +22,7 @@ import os
 import time
 import weakref
 
+import torch
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.utils import comm
@@ -39,20 +40,28 @@ logger = logging.getLogger(__name__)
 class _ForwardTimer(nn.Module):
     """Wraps a model and accumulates the wall time of its forward calls (inference only).
 
-    The first `warmup` calls are not counted, as in detectron2's `inference_on_dataset`.
+    The first `warmup` calls are not counted, as in detectron2's `inference_on_dataset`. On a
+    CUDA device the clock starts and stops after `torch.cuda.synchronize()`, as detectron2's
+    evaluator does: kernels run asynchronously, and without it the forward's time would be
+    that of queueing them.
     """
 
-    def __init__(self, model: nn.Module, warmup: int = 5):
+    def __init__(self, model: nn.Module, warmup: int = 5, device: str = "cpu"):
         super().__init__()
         self.model = model
+        self.synchronize = (
+            torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+        )
         self.warmup = warmup
         self.calls = 0
         self.images = 0
         self.seconds = 0.0
 
     def forward(self, batched_inputs):
+        self.synchronize()
         start = time.perf_counter()
         outputs = self.model(batched_inputs)
+        self.synchronize()
         elapsed = time.perf_counter() - start
         self.calls += 1
         if self.calls > self.warmup:
@@ -130,7 +139,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         """Evaluate `model` on cfg.DATASETS.TEST; adds {"speed": {"inference_s_per_image"}}."""
-        timed = _ForwardTimer(model)
+        timed = _ForwardTimer(model, device=cfg.MODEL.DEVICE)
         results = dict(super().test(cfg, timed, evaluators))
         results["speed"] = {"inference_s_per_image": timed.seconds_per_image()}
         logger.info(f"Inference: {timed.seconds_per_image():.4f} s/image (model forward only)")

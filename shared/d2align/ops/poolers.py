@@ -20,7 +20,7 @@ from detectron2.structures import Boxes
 from torch import nn
 
 from ._ext import require_ext
-from .prroi_pool import _check_inputs, _prroi_pool_unchecked
+from .prroi_pool import _check_inputs, _prroi_pool_unchecked, roi_dtype
 
 __all__ = ["PrRoIPooler", "build_roi_pooler"]
 
@@ -105,7 +105,7 @@ class PrRoIPooler(nn.Module):
             return torch.zeros((0, x[0].shape[1]) + self.output_size, dtype=dtype, device=device)
 
         require_ext("prroi_pool")
-        rois = convert_boxes_to_pooler_format(box_lists).to(dtype=dtype)
+        rois = convert_boxes_to_pooler_format(box_lists).to(dtype=roi_dtype(dtype))
         # one check of all boxes (finite; batch indices are valid by construction) instead of
         # one per level: the pooler is called many times per image by IoU-Net's refinement
         _check_inputs(x[0], rois)

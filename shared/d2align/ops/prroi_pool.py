@@ -33,7 +33,7 @@ from torch.autograd.function import once_differentiable
 
 from ._ext import require_ext
 
-__all__ = ["prroi_pool", "PrRoIPool", "prroi_pool_reference"]
+__all__ = ["prroi_pool", "PrRoIPool", "prroi_pool_reference", "roi_dtype"]
 
 _OutputSize = Union[int, Tuple[int, int]]
 
@@ -59,9 +59,10 @@ def _check_inputs(input: torch.Tensor, rois: torch.Tensor) -> None:
             "prroi_pool: rois must have shape (R, 5) with rows (batch_idx, x1, y1, x2, y2), "
             f"got {tuple(rois.shape)}"
         )
-    if rois.dtype != input.dtype:
+    if rois.dtype not in (input.dtype, roi_dtype(input.dtype)):
         raise TypeError(
-            f"prroi_pool: rois dtype {rois.dtype} differs from input dtype {input.dtype}"
+            f"prroi_pool: rois must be {roi_dtype(input.dtype)} for input of dtype "
+            f"{input.dtype}, got {rois.dtype}"
         )
     if rois.device != input.device:
         raise ValueError(f"prroi_pool: rois on {rois.device} but input on {input.device}")
@@ -77,6 +78,12 @@ def _check_inputs(input: torch.Tensor, rois: torch.Tensor) -> None:
             f"prroi_pool: rois batch indices must be integers in [0, {input.shape[0]}), got "
             f"{batch[bad_batch].unique().tolist()}"
         )
+
+
+def roi_dtype(input_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the RoIs for features of `input_dtype`: float32 for half precision (boxes
+    stay exact under autocast), the features' own otherwise."""
+    return torch.float32 if input_dtype in (torch.float16, torch.bfloat16) else input_dtype
 
 
 class _PrRoIPool(Function):
@@ -112,8 +119,10 @@ def prroi_pool(
     Args:
         input (Tensor): (N, C, H, W) feature map, float32 or float64 (float16/bfloat16 are
             pooled in float32 and cast back).
-        rois (Tensor): (R, 5) rows (batch_idx, x1, y1, x2, y2), boxes in image pixels, same
-            dtype and device as `input`. Differentiable in x1, y1, x2, y2.
+        rois (Tensor): (R, 5) rows (batch_idx, x1, y1, x2, y2), boxes in image pixels, on the
+            device of `input`, of the input's dtype or `roi_dtype(input.dtype)`: float32 for
+            float16 / bfloat16 input is what keeps boxes exact (half precision rounds a
+            coordinate above 512 px to 0.5 px or worse). Differentiable in x1, y1, x2, y2.
         output_size (int or (int, int)): (ph, pw).
         spatial_scale (float): feature-map size / image size, e.g. 1/16.
 
