@@ -227,12 +227,39 @@ def test_threads_per_run_follow_the_cpu_affinity(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
-    scheduler = runner._Scheduler([], 1, tmp_path, sys.executable, False, print)
-    assert scheduler.env["OMP_NUM_THREADS"] == "3" == scheduler.env["MKL_NUM_THREADS"]
-    scheduler = runner._Scheduler([], 2, tmp_path, sys.executable, False, print)
-    assert scheduler.env["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setattr(runner, "visible_gpus", lambda: [])
+
+    def threads(jobs):
+        slots = runner._Scheduler([], jobs, tmp_path, sys.executable, False, print).slots
+        assert all(env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] for env, _ in slots)
+        assert all("CUDA_VISIBLE_DEVICES" not in env for env, _ in slots)
+        return [env["OMP_NUM_THREADS"] for env, _ in slots]
+
+    assert threads(1) == ["3"]
+    assert threads(2) == ["1", "1"]
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})
-    assert (
-        runner._Scheduler([], 4, tmp_path, sys.executable, False, print).env["OMP_NUM_THREADS"]
-        == "1"
-    )
+    assert threads(4) == ["1"] * 4
+
+
+def test_concurrent_runs_get_their_own_gpus_and_cores():
+    """--jobs N on a machine with several GPUs: each concurrent run its own devices
+    (CUDA_VISIBLE_DEVICES) and its own block of cores; fewer GPUs than runs: round robin."""
+    from d2align.system import job_slots
+
+    slots = job_slots(2, list(range(16)), ["0", "1", "2", "3"])
+    assert [env["CUDA_VISIBLE_DEVICES"] for env, _ in slots] == ["0,1", "2,3"]
+    assert [cores for _, cores in slots] == [list(range(8)), list(range(8, 16))]
+    assert [env["OMP_NUM_THREADS"] for env, _ in slots] == ["8", "8"]
+    slots = job_slots(4, [0, 1], ["3", "5"])  # CUDA_VISIBLE_DEVICES="3,5", 2 cores
+    assert [env["CUDA_VISIBLE_DEVICES"] for env, _ in slots] == ["3", "5", "3", "5"]
+    assert [cores for _, cores in slots] == [[0], [1], [0], [1]]
+    assert all("CUDA_VISIBLE_DEVICES" not in env for env, _ in job_slots(2, [0, 1], []))
+
+
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
+    from d2align.system import visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 7")
+    assert visible_gpus() == ["2", "7"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == []

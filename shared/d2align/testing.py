@@ -8,6 +8,8 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 import pytest
 import torch
+
+# cpu-module: test helpers build CPU inputs; tests that run on CUDA move them (`.to(device)`)
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.layers import ShapeSpec

@@ -56,6 +56,7 @@ def grid_point_layout(num_points: int) -> torch.Tensor:
     side = math.isqrt(num_points)
     if num_points < 4 or side * side != num_points:
         raise ValueError(f"num_points must be a square >= 4, got {num_points}")
+    # cpu: G values, moved to the boxes' device by the callers (`.to(boxes)`)
     steps = torch.arange(side, dtype=torch.float32) / (side - 1)
     v, u = torch.meshgrid(steps, steps, indexing="ij")
     return torch.stack([u.reshape(-1), v.reshape(-1)], dim=1)

@@ -58,8 +58,11 @@ class StandaloneIoUNet(nn.Module):
         self.backbone = backbone
         self.iou_branch = iou_branch
         self.postprocessor = postprocessor
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        # buffers follow the module to its device (`.to(cfg.MODEL.DEVICE)`)
+        mean = torch.tensor(pixel_mean).view(-1, 1, 1)  # cpu: a buffer, moved with the module
+        std = torch.tensor(pixel_std).view(-1, 1, 1)  # cpu: a buffer, moved with the module
+        self.register_buffer("pixel_mean", mean, False)
+        self.register_buffer("pixel_std", std, False)
 
     @classmethod
     def from_config(cls, cfg):

@@ -28,6 +28,10 @@ from .misalignment import (
     positives_by_iou,
 )
 
+# cpu-module: the accumulators and COCO-results readers compute on the CPU (inputs are moved
+# there by `_cpu`; the diagnostics tools bring model outputs there first)
+
+
 __all__ = ["MisalignmentAccumulator", "coco_results_misalignment"]
 
 

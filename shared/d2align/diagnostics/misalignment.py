@@ -49,6 +49,7 @@ BoxesLike = Union[Boxes, torch.Tensor, np.ndarray]
 
 
 def _as_box_tensor(boxes: BoxesLike, name: str) -> torch.Tensor:
+    # cpu: the diagnostics compute on the CPU (the next line moves any tensor there)
     tensor = boxes.tensor if isinstance(boxes, Boxes) else torch.as_tensor(boxes)
     tensor = tensor.detach().float().cpu()
     if tensor.numel() == 0:
@@ -82,9 +83,9 @@ def match_detections_to_gt(
     """
     pred = _as_box_tensor(pred_boxes, "pred_boxes")
     gt = _as_box_tensor(gt_boxes, "gt_boxes")
-    if gt.shape[0] == 0:
+    if gt.shape[0] == 0:  # cpu: like pred and gt (`_as_box_tensor`)
         return torch.zeros(pred.shape[0]), torch.full((pred.shape[0],), -1, dtype=torch.int64)
-    if pred.shape[0] == 0:
+    if pred.shape[0] == 0:  # cpu: like pred and gt
         return torch.zeros(0), torch.zeros(0, dtype=torch.int64)
     return pairwise_iou(pred, gt).max(dim=1)
 

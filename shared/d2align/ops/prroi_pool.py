@@ -227,11 +227,14 @@ def prroi_pool_reference(
         ny = max(samples_per_cell, math.ceil(bin_h * samples_per_cell))
         plane = x[int(b)]
         for k in range(pw):
-            xs = x0 + bin_w * (k + (torch.arange(nx, dtype=torch.float64) + 0.5) / nx)
-            hx = _hat_matrix(xs.to(x.device), width)  # (nx, W)
+            xs = x0 + bin_w * (
+                k + (torch.arange(nx, dtype=torch.float64, device=x.device) + 0.5) / nx
+            )
+            hx = _hat_matrix(xs, width)  # (nx, W)
             for row in range(ph):
-                ys = y0 + bin_h * (row + (torch.arange(ny, dtype=torch.float64) + 0.5) / ny)
-                hy = _hat_matrix(ys.to(x.device), height)  # (ny, H)
+                offsets = torch.arange(ny, dtype=torch.float64, device=x.device) + 0.5
+                ys = y0 + bin_h * (row + offsets / ny)
+                hy = _hat_matrix(ys, height)  # (ny, H)
                 samples = hy @ plane @ hx.T  # (C, ny, nx): f at the sub-rectangle centers
                 out[r, :, row, k] = samples.mean(dim=(1, 2))
     return out

@@ -208,7 +208,7 @@ def sample_jittered_boxes(
         taken_iou.append(iou[keep])
 
     if need.sum() > 0:
-        edges = torch.linspace(min_iou, max_iou, num_bins + 1).tolist()
+        edges = torch.linspace(min_iou, max_iou, num_bins + 1).tolist()  # cpu: message text
         short = [
             f"[{edges[b]:.3f}, {edges[b + 1]:.3f}): {int(need[b])} missing"
             for b in need.nonzero().squeeze(1).tolist()

@@ -14,6 +14,7 @@
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..lock import DirLock
-from ..system import usable_cpus
+from ..system import job_slots, usable_cpu_set, visible_gpus
 from .progress import format_seconds, overall_eta, read_progress
 from .runs import STAMP_FILE, Run
 
@@ -87,10 +88,13 @@ def preflight(runs: Sequence[Run], root: Path, retrain: bool) -> None:
 _BLOCKED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
-def _child_setup() -> None:  # pragma: no cover - runs in the child, between fork and exec
-    """Unblock the signals the suite blocks while it forks (a blocked mask survives exec), and
-    on Linux have SIGTERM delivered to the child when the suite process dies."""
+def _child_setup(cores=None) -> None:  # pragma: no cover - runs in the child before exec
+    """Unblock the signals the suite blocks while it forks (a blocked mask survives exec), pin
+    the child to `cores` (its slot's share, where the platform can), and on Linux have SIGTERM
+    delivered to the child when the suite process dies."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _BLOCKED)
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -133,6 +137,7 @@ class _Child:
     lock: DirLock
     start: float
     resumed_from: Optional[str]
+    slot: int = 0
 
 
 def _terminate(children: List[_Child], grace_s: float) -> None:
@@ -163,8 +168,8 @@ class _Scheduler:
             retrain,
             echo,
         )
-        threads = str(max(1, usable_cpus() // jobs))
-        self.env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        # each concurrent run its share of the cores and of the GPUs (CUDA_VISIBLE_DEVICES)
+        self.slots = job_slots(jobs, usable_cpu_set(), visible_gpus())
         self.outcomes: Dict[str, Outcome] = {}
         self.pending: List[Run] = []
         self.running: List[_Child] = []
@@ -225,6 +230,8 @@ class _Scheduler:
         (run.out_dir / STAMP_FILE).write_text(json.dumps(run.stamp(self.root), indent=2))
         cmd = run.command(self.python, self.root, resume=resume)
         log = open(run.log_file, "a" if resume else "w")
+        slot = min(set(range(self.jobs)) - {c.slot for c in self.running})
+        env_vars, cores = self.slots[slot]
         log.write(" ".join(cmd) + "\n")
         log.flush()
         # no signal between the fork and the bookkeeping: the child is always terminated
@@ -233,13 +240,13 @@ class _Scheduler:
             proc = subprocess.Popen(
                 cmd,
                 cwd=self.root,
-                env=self.env,
+                env=dict(os.environ, **env_vars),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_child_setup,
+                preexec_fn=functools.partial(_child_setup, cores),
             )
-            self.running.append(_Child(run, proc, log, lock, time.time(), resumed_from))
+            self.running.append(_Child(run, proc, log, lock, time.time(), resumed_from, slot))
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         what = (
@@ -308,7 +315,8 @@ def execute(
     echo: Callable[[str], None] = print,
     grace_s: float = 10.0,
 ) -> Dict[str, Outcome]:
-    """Run what `runs` still need, `jobs` at a time, each with (CPU cores // jobs) threads.
+    """Run what `runs` still need, `jobs` at a time, each pinned to its share of the cores
+    ((CPU cores // jobs) threads) and of the GPUs (`d2align.system.job_slots`).
 
     Args:
         runs: the runs, in the order they start (an evaluation waits for the run whose model
