@@ -2,8 +2,15 @@
 """Installs `d2align` (from shared/d2align/), its compiled ops `d2align._C` (from csrc/), and each
 project package as `d2align.projects.<package>` (from projects/<Folder>/<package>/).
 
-The C++ (CPU) kernels are always built; the CUDA kernels are added when torch sees a GPU and
-CUDA_HOME is set, or when FORCE_CUDA=1.
+The C++ (CPU) kernels are always built. The CUDA kernels are added whenever they can be built:
+a CUDA build of torch (`torch.version.cuda`) and a CUDA toolkit (`nvcc`, CUDA_HOME), whether or
+not a GPU is visible (a cluster's login node has none); FORCE_CUDA=1 requires them (the build
+fails without), FORCE_CUDA=0 leaves them out. Without a visible GPU and without
+TORCH_CUDA_ARCH_LIST, they are compiled for `DEFAULT_CUDA_ARCHS`. The headers of CUDA's
+libraries that torch's headers include (cuBLAS, cuSPARSE, ...) are taken from the toolkit or,
+where a minimal toolkit lacks them, from the NVIDIA wheels that torch's CUDA build installed
+(site-packages/nvidia/*/include). `python -c "import d2align.ops as o;
+print(o.compiled_with_cuda())"` tells what a build has.
 """
 
 import glob
@@ -18,6 +25,32 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(ROOT, "shared"))
 from d2align.projects import discover_projects  # noqa: E402  (stdlib only; the one project map)
 
+# compute capabilities of the kernels built without a visible GPU: Turing to Hopper, and PTX
+# for later GPUs (CUDA 13 supports 7.5 and newer)
+DEFAULT_CUDA_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
+
+
+def cuda_build_wanted() -> bool:
+    """Whether to compile the CUDA kernels (see the module docstring)."""
+    force = os.getenv("FORCE_CUDA", "")
+    if force == "0":
+        return False
+    possible = torch.version.cuda is not None and CUDA_HOME is not None
+    if force == "1" and not possible:
+        raise SystemExit(
+            f"FORCE_CUDA=1 but the CUDA kernels cannot be built: torch {torch.__version__} "
+            f"(CUDA build: {torch.version.cuda is not None}), CUDA_HOME {CUDA_HOME}"
+        )
+    return possible
+
+
+def wheel_cuda_include_dirs():
+    """Include folders of the NVIDIA wheels next to torch (nvidia/<lib>/include, and
+    nvidia/cu<N>/include in the CUDA 13 layout)."""
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    found = glob.glob(os.path.join(site, "nvidia", "*", "include"))
+    return sorted(d for d in found if os.path.isdir(d))
+
 
 def get_extensions():
     csrc = os.path.join(ROOT, "csrc")
@@ -25,17 +58,24 @@ def get_extensions():
     cuda_sources = sorted(glob.glob(os.path.join(csrc, "**", "*.cu"), recursive=True))
     extension, define_macros = CppExtension, []
     extra_compile_args = {"cxx": ["-O3"]}
-    with_cuda = torch.cuda.is_available() and CUDA_HOME is not None
-    if with_cuda or os.getenv("FORCE_CUDA", "0") == "1":
+    include_dirs = [csrc]
+    if cuda_build_wanted():
         extension = CUDAExtension
         sources += cuda_sources
         define_macros += [("WITH_CUDA", None)]
         extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr"]
+        # after the toolkit's own folders: only what the toolkit lacks comes from the wheels
+        extra_compile_args["cxx"] += [f"-idirafter{d}" for d in wheel_cuda_include_dirs()]
+        extra_compile_args["nvcc"] += [
+            f"-Xcompiler=-idirafter{d}" for d in wheel_cuda_include_dirs()
+        ]
+        if not torch.cuda.is_available() and "TORCH_CUDA_ARCH_LIST" not in os.environ:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
     return [
         extension(
             "d2align._C",
             [os.path.relpath(s, ROOT) for s in sources],
-            include_dirs=[csrc],
+            include_dirs=include_dirs,
             define_macros=define_macros,
             extra_compile_args=extra_compile_args,
         )

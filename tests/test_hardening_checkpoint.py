@@ -217,3 +217,29 @@ def test_standalone_iou_net_evaluation_refuses_a_malicious_pkl(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="posix.system"):
         module.build_models(args)
     assert not marker.exists()
+
+
+def test_non_finite_weights_are_refused_naming_the_file_and_the_tensor(tmp_path, faster):
+    """A diverged run's checkpoint (NaN in one tensor) evaluated or trained from: refused, the
+    message names the file and the first non-finite tensor, instead of AP 0 everywhere."""
+    cfg, model, path = faster
+    state = torch.load(path, weights_only=True)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point() and v.numel() > 1)
+    later = list(state["model"])[-1]
+    state["model"][name] = state["model"][name].clone()
+    state["model"][name][0] = float("nan")
+    state["model"][later] = torch.full_like(state["model"][later], float("inf"))
+    bad = tmp_path / "diverged.pth"
+    torch.save(state, str(bad))
+    for eval_only in (True, False):
+        checkpointer = D2AlignCheckpointer.from_config(cfg, model, eval_only=eval_only)
+        with pytest.raises(ValueError, match=rf"diverged\.pth: weight '{name}' holds non-finite"):
+            checkpointer.resume_or_load(str(bad), resume=False)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated"])
+def test_empty_or_truncated_pth_names_the_file(tmp_path, faster, content):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"broken\.pth: not a readable checkpoint"):
+        D2AlignCheckpointer(faster[1]).load(str(path))

@@ -16,12 +16,16 @@ Two things change against detectron2's checkpointer:
   Config keys (`D2ALIGN.CHECKPOINT`): `MIN_MATCHED_FRACTION_TRAIN` for initialising a training
   from MODEL.WEIGHTS (default 0.5: a backbone-only checkpoint is accepted) and
   `MIN_MATCHED_FRACTION_EVAL` for --eval-only and --resume (default 1.0: every weight).
+* **Weights must be finite, files whole.** A checkpoint holding NaN or inf (a diverged run's)
+  is refused naming the file and the first such tensor (it would evaluate to AP 0, or train
+  into "Training has diverged"); an empty or truncated file is refused naming the file.
 """
 
 import collections
 import pickle
 from typing import Any, Dict, Iterable
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
@@ -30,6 +34,7 @@ __all__ = [
     "CheckpointMismatchError",
     "D2AlignCheckpointer",
     "UnsafeCheckpointError",
+    "check_finite_weights",
     "load_pickle_weights",
     "load_torch_weights",
 ]
@@ -108,9 +113,31 @@ def load_torch_weights(filename: str) -> Dict[str, Any]:
             f"{filename}: refused by torch.load(weights_only=True), the file holds more than "
             f"tensors and plain containers: {e}"
         ) from e
+    except (EOFError, RuntimeError) as e:  # empty, truncated, not a torch file
+        raise ValueError(
+            f"{filename}: not a readable checkpoint (empty, truncated or not written by "
+            f"torch.save): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
     if not isinstance(data, dict):
         raise ValueError(f"{filename}: a checkpoint must hold a dict, not a {type(data)}")
     return data
+
+
+def check_finite_weights(filename: str, state: Dict[str, Any]) -> None:
+    """Raise ValueError naming `filename` and the first weight (in the file's order) that
+    holds NaN or inf. `state`: name -> tensor or numpy array (other values are skipped)."""
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor):
+            bad = value.is_floating_point() and not bool(torch.isfinite(value).all())
+        elif hasattr(value, "dtype") and getattr(value.dtype, "kind", "") == "f":  # numpy
+            bad = not bool(np.isfinite(value).all())
+        else:
+            continue
+        if bad:
+            raise ValueError(
+                f"{filename}: weight '{name}' holds non-finite values (NaN or inf); a diverged "
+                "run's checkpoint? Refused: it would evaluate to AP 0 or train on NaN"
+            )
 
 
 def _summary(keys: Iterable[str], examples: int = 3) -> str:
@@ -194,6 +221,11 @@ class D2AlignCheckpointer(DetectionCheckpointer):
         return super().load(path, *args, **kwargs)
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
+        checkpoint = self._read_file(filename)
+        check_finite_weights(filename, checkpoint.get("model", {}))
+        return checkpoint
+
+    def _read_file(self, filename: str) -> Dict[str, Any]:
         if filename.endswith(".pkl"):
             data = load_pickle_weights(filename)
             if "model" in data and "__author__" in data:  # detectron2 model-zoo format

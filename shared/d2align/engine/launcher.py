@@ -25,6 +25,7 @@ import os
 from typing import Callable, Iterable, Optional, Type
 
 import torch
+import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
@@ -41,6 +42,23 @@ ConfigHook = Callable[[CfgNode], None]
 logger = logging.getLogger("d2align")
 
 
+def merge_config_file_safely(cfg: CfgNode, config_file: str) -> None:
+    """`cfg.merge_from_file` with YAML's safe loader for the file and its whole `_BASE_` chain.
+
+    detectron2's default (`allow_unsafe=True`) falls back to PyYAML's unsafe loader when the
+    safe one fails, so that a `!!python/object/apply:os.system [...]` tag in a config runs
+    code. Here such a tag is refused: ValueError naming the file, the line and the tag.
+    """
+    try:
+        cfg.merge_from_file(config_file, allow_unsafe=False)
+    except yaml.constructor.ConstructorError as err:
+        where = err.problem_mark or err.context_mark
+        raise ValueError(
+            f"{config_file}: a config file may not run code; refused "
+            f"{err.problem.strip()} at {str(where).strip()}"
+        ) from None
+
+
 def build_config(
     config_file: str = "", opts: Iterable[str] = (), config_hooks: Iterable[ConfigHook] = ()
 ) -> CfgNode:
@@ -51,7 +69,7 @@ def build_config(
     for hook in config_hooks:
         hook(cfg)
     if config_file:
-        cfg.merge_from_file(config_file)
+        merge_config_file_safely(cfg, config_file)
     cfg.merge_from_list(list(opts))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning(
