@@ -103,6 +103,7 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    ext_modules=get_extensions(),
+    # D2ALIGN_PREBUILT_EXT=1: scripts/env.sh put a cached d2align._C in shared/d2align/
+    ext_modules=[] if os.getenv("D2ALIGN_PREBUILT_EXT") == "1" else get_extensions(),
     cmdclass={"build_ext": BuildExtension},
 )

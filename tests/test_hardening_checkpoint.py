@@ -243,3 +243,25 @@ def test_empty_or_truncated_pth_names_the_file(tmp_path, faster, content):
     path.write_bytes(content)
     with pytest.raises(ValueError, match=r"broken\.pth: not a readable checkpoint"):
         D2AlignCheckpointer(faster[1]).load(str(path))
+
+
+def test_a_save_that_fails_half_way_leaves_the_previous_checkpoint(tmp_path, faster, monkeypatch):
+    """A full disk during `save` (torch.save writes part of the file, then fails): the previous
+    model_final.pth and last_checkpoint are intact, no partial file sits under a final name."""
+    _, model, _ = faster
+    checkpointer = D2AlignCheckpointer(model, str(tmp_path))
+    checkpointer.save("model_final")
+    before = (tmp_path / "model_final.pth").read_bytes()
+
+    def full_disk(data, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        checkpointer.save("model_final")
+    with pytest.raises(OSError, match="No space left"):
+        checkpointer.save("model_0000099")
+    assert (tmp_path / "model_final.pth").read_bytes() == before
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_final.pth"]

@@ -345,3 +345,21 @@ def test_cpu_only_ops_return_on_the_input_device(case):
     ref_keep, ref_scores = run(reference, boxes, scores, idxs, kwargs, num_scores)
     assert keep.is_cuda and new_scores.is_cuda
     assert torch.equal(keep.cpu(), ref_keep) and torch.equal(new_scores.cpu(), ref_scores)
+
+
+def test_a_build_without_cuda_kernels_says_so(monkeypatch, caplog):
+    """CUDA tensors reaching an op of a build without CUDA kernels (built on a login node
+    without nvcc): PrRoIPool refuses naming the rebuild, IoU-guided NMS warns once that it runs
+    on the CPU (a stand-in device: the check reads the device type only)."""
+    from d2align.ops import _ext, nms
+
+    monkeypatch.setattr(_ext, "compiled_with_cuda", lambda: False)
+    with pytest.raises(RuntimeError, match="built without CUDA kernels.*FORCE_CUDA=1"):
+        _ext.require_ext("prroi_pool", torch.device("cuda"))
+    _ext.require_ext("prroi_pool", torch.device("cpu"))  # the CPU kernels are there
+    monkeypatch.setattr(nms, "compiled_with_cuda", lambda: False)
+    monkeypatch.setattr(nms, "_WARNED", set())
+    with caplog.at_level("WARNING", logger="d2align"):
+        nms._warn_once_cpu_fallback("batched_iou_guided_nms")
+        nms._warn_once_cpu_fallback("batched_iou_guided_nms")
+    assert len([r for r in caplog.records if "without CUDA kernels" in r.getMessage()]) == 1

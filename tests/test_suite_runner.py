@@ -2,6 +2,7 @@
 run is reported while the others finish; Ctrl-C and exceptions terminate the trainings; the
 output folder's lock refuses a second suite and takes over a dead one's."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -263,3 +264,44 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
     assert visible_gpus() == ["2", "7"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert visible_gpus() == []
+
+
+@pytest.mark.parametrize("content", ["", '{"results": {"bbox": {"AP"', "[1, 2]"])
+def test_an_empty_or_truncated_results_file_is_not_a_finished_run(tmp_path, content):
+    """A full disk leaves an empty or half-written final_results.json: the run is trained
+    again, not reported as a finished row of '-'."""
+    from d2align.suite.runner import finished
+
+    suite = suite_of_configs([ROOT / FASTER], ROOT)
+    opts = ["OUTPUT_DIR", str(tmp_path / "run")]
+    (run,) = plan_runs(suite, ROOT, extra_opts=opts)["faster_rcnn_R18_FPN_scratch"]
+    _results(tmp_path / "run")
+    assert finished(run)
+    run.results_file.write_text(content)
+    assert not finished(run)
+
+
+def test_a_corrupt_last_checkpoint_fails_that_run_only(tmp_path):
+    """One run's `last_checkpoint` holds bytes that are not text: that run is FAILED naming the
+    file, the suite goes on (the other run here reuses its results)."""
+    from d2align.suite.runner import _Scheduler
+
+    suite = suite_of_configs(
+        [ROOT / FASTER, ROOT / "configs/shapes/retinanet_R18_FPN_scratch.yaml"], ROOT
+    )
+    planned = plan_runs(suite, ROOT, seeds=[1])
+    (broken,) = planned["faster_rcnn_R18_FPN_scratch"]
+    (other,) = planned["retinanet_R18_FPN_scratch"]
+    broken = dataclasses.replace(broken, out_dir=tmp_path / "broken")
+    other = dataclasses.replace(other, out_dir=tmp_path / "other")
+    broken.out_dir.mkdir()
+    (broken.out_dir / "last_checkpoint").write_bytes(b"\xff\xfe\x00model_0000099.pth\x80")
+    _results(other.out_dir)
+    lines = []
+    scheduler = _Scheduler([broken, other], 2, ROOT, sys.executable, False, lines.append)
+    scheduler.launch_ready()
+    assert not scheduler.running and not scheduler.pending
+    outcome = scheduler.outcomes[broken.name]
+    assert outcome.status == "failed" and str(broken.out_dir / "last_checkpoint") in outcome.reason
+    assert scheduler.outcomes[other.name].status == "reused"
+    assert any("FAILED (unreadable" in line for line in lines)

@@ -22,6 +22,7 @@ Two things change against detectron2's checkpointer:
 """
 
 import collections
+import os
 import pickle
 from typing import Any, Dict, Iterable
 
@@ -29,6 +30,8 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
+
+from .atomic import atomic_write, atomic_write_text
 
 __all__ = [
     "CheckpointMismatchError",
@@ -215,6 +218,26 @@ class D2AlignCheckpointer(DetectionCheckpointer):
             return super().resume_or_load(path, resume=resume)
         finally:
             self._required = (self.min_matched_fraction, self.fraction_keys[0])
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """fvcore's `save`, written atomically (`d2align.atomic`): a kill or a full disk during
+        the save leaves the previous checkpoint, never a truncated `<name>.pth` (or a
+        `last_checkpoint` naming one)."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        with atomic_write(save_file, "wb") as f:
+            torch.save(data, f)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
 
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
         self._loading = path

@@ -31,6 +31,7 @@ from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
+from ..atomic import atomic_write_text
 from ..checkpoint import D2AlignCheckpointer
 from ..config import add_d2align_config, check_common_config
 from ..data.from_config import register_data_from_config
@@ -147,8 +148,7 @@ def write_final_results(
     ]
     if notes:
         payload["notes"] = notes
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=2, allow_nan=False)
+    atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=False))
     return path
 
 

@@ -20,8 +20,16 @@ def compiled_with_cuda() -> bool:
     return _C is not None and _C.compiled_with_cuda()
 
 
-def require_ext(op_name: str) -> None:
-    """Raise a clear error if the compiled op `op_name` is not available."""
+def require_ext(op_name: str, device: torch.device = None) -> None:
+    """Raise a clear error if the compiled op `op_name` is not available (on `device`, for an
+    op with CUDA kernels: a build without them cannot run it on a GPU)."""
+    if _C is not None and device is not None and device.type == "cuda" and not compiled_with_cuda():
+        raise RuntimeError(
+            f"d2align op '{op_name}' got CUDA tensors, but d2align._C was built without CUDA "
+            "kernels (no nvcc or a CPU-only torch at build time, or FORCE_CUDA=0). Rebuild it "
+            "where nvcc and a CUDA build of torch are present: `FORCE_CUDA=1 bash "
+            "scripts/env.sh` (no GPU is needed to build)."
+        )
     if _C is None:
         raise RuntimeError(
             f"d2align op '{op_name}' needs the compiled extension d2align._C, which failed to "

@@ -20,6 +20,7 @@ IoU-guided NMS has a CUDA kernel (when d2align._C is built with CUDA); Soft-NMS 
 NMS are sequential by nature and run on CPU, inputs on a GPU are copied there and back.
 """
 
+import logging
 from typing import Tuple
 
 import torch
@@ -70,6 +71,20 @@ def _check_inputs(op: str, boxes: torch.Tensor, idxs: torch.Tensor, **scores):
     return (boxes.to(dtype), *(s.to(dtype) for s in scores.values()), idxs.long())
 
 
+_WARNED = set()
+
+
+def _warn_once_cpu_fallback(op: str) -> None:
+    """Say once per op that CUDA inputs run on the CPU because the build has no CUDA kernels."""
+    if op not in _WARNED:
+        _WARNED.add(op)
+        logging.getLogger("d2align").warning(
+            f"{op}: CUDA inputs, but d2align._C was built without CUDA kernels: running on the "
+            "CPU (copies there and back). Rebuild with nvcc present: FORCE_CUDA=1 bash "
+            "scripts/env.sh"
+        )
+
+
 def _check_threshold(op: str, name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{op}: {name} must be in [0, 1], got {value}")
@@ -118,6 +133,7 @@ def batched_iou_guided_nms(
     require_ext("iou_guided_nms")
     args = (boxes, cls_scores, loc_scores, idxs)
     if boxes.is_cuda and not compiled_with_cuda():
+        _warn_once_cpu_fallback(op)
         return _on_cpu(torch.ops.d2align.iou_guided_nms, *args, iou_threshold=iou_threshold)
     return torch.ops.d2align.iou_guided_nms(*args, iou_threshold=iou_threshold)
 

@@ -104,7 +104,7 @@ class PrRoIPooler(nn.Module):
         if len(box_lists) == 0:
             return torch.zeros((0, x[0].shape[1]) + self.output_size, dtype=dtype, device=device)
 
-        require_ext("prroi_pool")
+        require_ext("prroi_pool", device)
         rois = convert_boxes_to_pooler_format(box_lists).to(dtype=roi_dtype(dtype))
         # one check of all boxes (finite; batch indices are valid by construction) instead of
         # one per level: the pooler is called many times per image by IoU-Net's refinement

@@ -129,7 +129,7 @@ def prroi_pool(
     Returns:
         Tensor: (R, C, ph, pw), the average of the bilinear surface over each bin.
     """
-    require_ext("prroi_pool")
+    require_ext("prroi_pool", input.device)
     output_size = _pair(output_size)
     _check_inputs(input, rois)
     return _prroi_pool_unchecked(input, rois, output_size, spatial_scale)

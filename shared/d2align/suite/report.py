@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..atomic import atomic_write_text
 from .runs import slug
 from .summary import POSITIVE_COLUMNS
 
@@ -238,4 +239,4 @@ def _plain(value):
 
 
 def write_json(payload: dict, path: Path) -> None:
-    path.write_text(json.dumps(_plain(payload), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(_plain(payload), indent=2, allow_nan=False) + "\n")

@@ -26,10 +26,11 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from ..atomic import atomic_write_text
 from ..lock import DirLock
 from ..system import job_slots, usable_cpu_set, visible_gpus
 from .progress import format_seconds, overall_eta, read_progress
-from .runs import STAMP_FILE, Run
+from .runs import STAMP_FILE, Run, read_results
 
 __all__ = ["Outcome", "SuiteStopped", "execute", "finished", "preflight"]
 
@@ -72,7 +73,9 @@ class SuiteStopped(Exception):
 
 
 def finished(run: Run) -> bool:
-    return run.results_file.is_file()
+    """Whether `run` has a complete results file (an empty or truncated one, as a full disk
+    leaves, is not)."""
+    return read_results(run.results_file) is not None
 
 
 def preflight(runs: Sequence[Run], root: Path, retrain: bool) -> None:
@@ -223,11 +226,18 @@ class _Scheduler:
     def _launch(self, run: Run, lock: DirLock) -> None:
         checkpoint = run.out_dir / "last_checkpoint"
         resume = not self.retrain and not run.eval_only and checkpoint.is_file()
-        resumed_from = checkpoint.read_text().strip() if resume else None
+        try:
+            resumed_from = checkpoint.read_text().strip() if resume else None
+        except (OSError, UnicodeDecodeError) as e:  # one run's damaged folder, not the suite's
+            lock.release()
+            reason = f"unreadable {checkpoint} ({type(e).__name__}); delete it to start anew"
+            self.outcomes[run.name] = Outcome("failed", reason=reason)
+            self.echo(f"[suite] {run.name}: FAILED ({reason})")
+            return
         stale = [run.results_file, run.out_dir / SUMMARY_FILE]
         for path in stale + ([checkpoint] if self.retrain else []):
             path.unlink(missing_ok=True)
-        (run.out_dir / STAMP_FILE).write_text(json.dumps(run.stamp(self.root), indent=2))
+        atomic_write_text(run.out_dir / STAMP_FILE, json.dumps(run.stamp(self.root), indent=2))
         cmd = run.command(self.python, self.root, resume=resume)
         log = open(run.log_file, "a" if resume else "w")
         slot = min(set(range(self.jobs)) - {c.slot for c in self.running})

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .spec import Suite
 
 __all__ = [
+    "read_results",
     "RESULTS_FILE",
     "STAMP_FILE",
     "Run",
@@ -165,6 +166,18 @@ def runs_of(
         extra = ("SEED", str(seed), "OUTPUT_DIR", str(seed_dir))
         runs.append(Run(label, config, seed, tuple(opts) + extra, seed_dir, max_iter))
     return runs
+
+
+def read_results(path: Path) -> Optional[dict]:
+    """A run's `final_results.json` payload, or None when the file is missing, unreadable or
+    not a results payload (empty or truncated, as a full disk leaves it: not finished)."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(payload, dict) and isinstance(payload.get("results"), dict):
+        return payload
+    return None
 
 
 def slug(label: str) -> str:

@@ -15,8 +15,9 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from ..atomic import atomic_write_text
 from .runner import SUMMARY_FILE
-from .runs import Run
+from .runs import Run, read_results
 
 __all__ = ["POSITIVE_COLUMNS", "FIGURE", "read_payload", "run_summary"]
 
@@ -26,11 +27,8 @@ FIGURE = "misalignment/score_vs_iou.png"
 
 
 def read_payload(run: Run) -> Optional[dict]:
-    """The run's `final_results.json`, or None when it is missing or unreadable."""
-    try:
-        return json.loads(run.results_file.read_text())
-    except (OSError, ValueError):
-        return None
+    """The run's `final_results.json` (`d2align.suite.runs.read_results`)."""
+    return read_results(run.results_file)
 
 
 def _num_parameters(cfg) -> int:
@@ -95,5 +93,5 @@ def run_summary(run: Run) -> dict:
     except Exception as e:  # a report must not die on one run's diagnostics
         logger.warning(f"{run.name}: no parameter count / diagnostics ({type(e).__name__}: {e})")
     if stamp is not None:
-        cache.write_text(json.dumps(summary, indent=2))
+        atomic_write_text(cache, json.dumps(summary, indent=2))
     return summary
