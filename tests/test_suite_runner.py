@@ -5,6 +5,7 @@ output folder's lock refuses a second suite and takes over a dead one's."""
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -305,3 +306,60 @@ def test_a_corrupt_last_checkpoint_fails_that_run_only(tmp_path):
     assert outcome.status == "failed" and str(broken.out_dir / "last_checkpoint") in outcome.reason
     assert scheduler.outcomes[other.name].status == "reused"
     assert any("FAILED (unreadable" in line for line in lines)
+
+
+def _faster_run(tmp_path, *opts):
+    suite = suite_of_configs([ROOT / FASTER], ROOT)
+    extra = ["OUTPUT_DIR", str(tmp_path / "run"), *opts]
+    (run,) = plan_runs(suite, ROOT, extra_opts=extra)["faster_rcnn_R18_FPN_scratch"]
+    return run
+
+
+def test_one_folder_spelled_two_ways_is_one_folder(tmp_path):
+    from d2align.suite.runs import check_output_dirs
+
+    a = _faster_run(tmp_path)
+    b = dataclasses.replace(a, label="other", out_dir=tmp_path / "zz" / ".." / "run", seed=7)
+    with pytest.raises(ValueError, match="would both write into " + re.escape(str(a.out_dir))):
+        check_output_dirs([a, b], suite_of_configs([ROOT / FASTER], ROOT))
+
+
+def test_results_of_another_run_in_the_folder_are_not_reused(tmp_path):
+    """A garbled suite_run.json, or a training by hand with other settings into the row's
+    folder (its config.yaml says SEED 5 and another learning rate): refused, naming the keys."""
+    from d2align.engine import build_config
+
+    run = _faster_run(tmp_path, "SEED", "3")
+    _results(run.out_dir)
+    assert run.foreign_files(ROOT) is None  # results without a record: nothing to contradict
+    (run.out_dir / "suite_run.json").write_text('{"config": "configs/sh')
+    assert "suite_run.json is unreadable" in run.foreign_files(ROOT)
+    (run.out_dir / "suite_run.json").unlink()
+    by_hand = build_config(str(ROOT / FASTER), ["SEED", "5", "SOLVER.BASE_LR", "0.5"])
+    (run.out_dir / "config.yaml").write_text(by_hand.dump())
+    problem = run.foreign_files(ROOT)
+    assert "trained with other settings" in problem
+    assert "SEED: 5 -> 3" in problem and "SOLVER.BASE_LR: 0.5 -> " in problem
+    same = build_config(str(ROOT / FASTER), ["SEED", "3", "OUTPUT_DIR", "elsewhere"])
+    (run.out_dir / "config.yaml").write_text(same.dump())
+    assert run.foreign_files(ROOT) is None  # the same settings (OUTPUT_DIR names a place)
+
+
+def test_an_evaluation_is_redone_when_its_model_was_retrained(tmp_path):
+    """An evaluation row records the sha256 of the model it evaluated; when its source run is
+    trained again, the old evaluation is not reused."""
+    from d2align.suite.runner import file_digest, finished
+
+    weights = tmp_path / "model_final.pth"
+    weights.write_bytes(b"model A")
+    run = _faster_run(tmp_path, "MODEL.WEIGHTS", str(weights))
+    run = dataclasses.replace(run, weights_from="source")
+    assert run.weights_file == weights
+    _results(run.out_dir)
+    assert not finished(run)  # results without a record of the model they evaluated
+    stamp = dict(run.stamp(ROOT), weights_sha256=file_digest(weights))  # as the runner records
+    (run.out_dir / "suite_run.json").write_text(json.dumps(stamp))
+    assert finished(run)
+    time.sleep(0.01)
+    weights.write_bytes(b"model B, retrained")  # the source was trained again
+    assert not finished(run)

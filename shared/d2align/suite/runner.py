@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import signal
@@ -74,8 +75,32 @@ class SuiteStopped(Exception):
 
 def finished(run: Run) -> bool:
     """Whether `run` has a complete results file (an empty or truncated one, as a full disk
-    leaves, is not)."""
-    return read_results(run.results_file) is not None
+    leaves, is not) and, for an evaluation, evaluated the model its source has now (a source
+    retrained since then makes it unfinished: it is evaluated again)."""
+    if read_results(run.results_file) is None:
+        return False
+    if run.weights_file is None:
+        return True
+    recorded = (run.recorded_stamp() or {}).get("weights_sha256")
+    return recorded is not None and recorded == file_digest(run.weights_file)
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(path: str, mtime_ns: int, size: int) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def file_digest(path: Path) -> Optional[str]:
+    """sha256 of a file (cached while its mtime and size stay), or None if it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _digest(str(path), st.st_mtime_ns, st.st_size)
 
 
 def preflight(runs: Sequence[Run], root: Path, retrain: bool) -> None:
@@ -237,7 +262,10 @@ class _Scheduler:
         stale = [run.results_file, run.out_dir / SUMMARY_FILE]
         for path in stale + ([checkpoint] if self.retrain else []):
             path.unlink(missing_ok=True)
-        atomic_write_text(run.out_dir / STAMP_FILE, json.dumps(run.stamp(self.root), indent=2))
+        stamp = run.stamp(self.root)
+        if run.weights_file is not None:  # which model it evaluates (see `finished`)
+            stamp["weights_sha256"] = file_digest(run.weights_file)
+        atomic_write_text(run.out_dir / STAMP_FILE, json.dumps(stamp, indent=2))
         cmd = run.command(self.python, self.root, resume=resume)
         log = open(run.log_file, "a" if resume else "w")
         slot = min(set(range(self.jobs)) - {c.slot for c in self.running})

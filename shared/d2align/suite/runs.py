@@ -106,22 +106,90 @@ class Run:
             "eval_only": self.eval_only,
         }
 
+    @property
+    def weights_file(self) -> Optional[Path]:
+        """The MODEL.WEIGHTS an evaluation run reads (its last override), or None."""
+        values = [v for k, v in zip(self.opts[::2], self.opts[1::2]) if k == "MODEL.WEIGHTS"]
+        return Path(values[-1]) if self.eval_only and values else None
+
     def recorded_stamp(self) -> Optional[dict]:
         try:
-            return json.loads((self.out_dir / STAMP_FILE).read_text())
+            recorded = json.loads((self.out_dir / STAMP_FILE).read_text())
         except (OSError, ValueError):
             return None
+        return recorded if isinstance(recorded, dict) else None
 
     def foreign_files(self, root: Path) -> Optional[str]:
-        """Why `out_dir` holds another run's files (its stamp differs), or None."""
+        """Why `out_dir` holds another run's files, or None: its record (`suite_run.json`) is
+        unreadable or names another config or other overrides, or its results were trained
+        with settings that differ from this run's (the `config.yaml` detectron2 saved there:
+        a training by hand into the folder)."""
+        stamp_file = self.out_dir / STAMP_FILE
         recorded = self.recorded_stamp()
-        if recorded is None or recorded == self.stamp(root):
-            return None
-        return (
-            f"{self.out_dir} holds a run of {recorded.get('config')} with overrides "
-            f"{recorded.get('opts')} (see {self.out_dir / STAMP_FILE}), not {self.name} "
-            f"({self.stamp(root)['config']} with {list(self.opts)})"
+        if recorded is None and stamp_file.exists():
+            return f"{stamp_file} is unreadable (damaged?): the folder's runs cannot be trusted"
+        wanted = self.stamp(root)
+        if recorded is not None and {k: recorded.get(k) for k in wanted} != wanted:
+            return (
+                f"{self.out_dir} holds a run of {recorded.get('config')} with overrides "
+                f"{recorded.get('opts')} (see {stamp_file}), not {self.name} "
+                f"({wanted['config']} with {list(self.opts)})"
+            )
+        if read_results(self.results_file) is not None:
+            differences = self.config_differences()
+            if differences:
+                return (
+                    f"{self.out_dir} holds results trained with other settings than {self.name} "
+                    f"(its config.yaml against the run's config): " + "; ".join(differences)
+                )
+        return None
+
+    def config_differences(self) -> List[str]:
+        """`KEY: saved -> wanted` for each key whose value in the `config.yaml` that the
+        training saved in `out_dir` differs from this run's config (keys only one of them has
+        are new or removed options and are not compared; OUTPUT_DIR, MODEL.WEIGHTS and
+        MODEL.DEVICE name places, not settings). Empty without a saved config."""
+        import yaml
+
+        from d2align.data.from_config import CUSTOM_TEST, CUSTOM_TRAIN
+        from d2align.engine import build_config
+        from d2align.projects import config_hooks_for
+
+        saved_file = self.out_dir / "config.yaml"
+        if not saved_file.is_file():
+            return []
+        try:
+            saved = _flatten(yaml.safe_load(saved_file.read_text()))
+        except (OSError, yaml.YAMLError) as e:
+            return [f"{saved_file} unreadable ({type(e).__name__})"]
+        cfg = build_config(str(self.config), list(self.opts), config_hooks_for(str(self.config)))
+        for split, name in (("TRAIN", CUSTOM_TRAIN), ("TEST", CUSTOM_TEST)):
+            if cfg.D2ALIGN.DATA[f"{split}_JSON"]:  # as register_data_from_config renames them
+                cfg.DATASETS[split] = (name,)
+        wanted = _flatten(yaml.safe_load(cfg.dump()))
+        return [
+            f"{key}: {saved[key]!r} -> {wanted[key]!r}"
+            for key in sorted(wanted.keys() & saved.keys())
+            if key not in _PLACE_KEYS and wanted[key] != saved[key]
+        ]
+
+
+# config keys that say where a run writes or reads, not how it trains
+_PLACE_KEYS = {"OUTPUT_DIR", "MODEL.WEIGHTS", "MODEL.DEVICE"}
+
+
+def _flatten(node, prefix: str = "") -> Dict[str, object]:
+    """{"A.B.C": value} of a nested dict (a config's YAML)."""
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node} if prefix else {}
+    flat = {}
+    for key, value in node.items():
+        flat.update(
+            _flatten(value, f"{prefix}{key}.")
+            if isinstance(value, dict)
+            else {f"{prefix}{key}": value}
         )
+    return flat
 
 
 def _output_dir(config: Path, opts: Sequence[str], root: Path) -> Tuple[Path, int]:
@@ -236,10 +304,11 @@ def check_output_dirs(runs: Sequence[Run], suite: Suite) -> None:
     seen: Dict[Path, Run] = {}
     where = suite.source or "the command line"
     for run in runs:
-        other = seen.get(run.out_dir)
+        folder = run.out_dir.resolve()  # one folder spelled two ways (".../zz/../A") is one
+        other = seen.get(folder)
         if other is not None:
             raise ValueError(
                 f"{where}: runs {other.name!r} and {run.name!r} would both write into "
-                f"{run.out_dir}; give one of them its own OUTPUT_DIR (opts: [OUTPUT_DIR, ...])"
+                f"{folder}; give one of them its own OUTPUT_DIR (opts: [OUTPUT_DIR, ...])"
             )
-        seen[run.out_dir] = run
+        seen[folder] = run
