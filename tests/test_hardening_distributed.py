@@ -11,8 +11,10 @@ counts even in exact arithmetic.) Then `--resume` continues the distributed run.
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -114,3 +116,62 @@ def test_two_cpu_processes_equal_one_with_the_whole_batch(setup, tmp_path):
     assert iterations == [0, 1]
     with open(two / "last_checkpoint") as f:
         assert f.read().strip() == "model_final.pth"
+
+
+def _children(pid):
+    """PIDs of the live (non-zombie) processes whose parent is `pid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killing_the_launcher_leaves_no_rank_behind(setup, tmp_path, sig):
+    """`--num-gpus 2` on the CPU, the launcher killed mid-training (SIGKILL: the workers get
+    SIGTERM from the kernel; SIGTERM: the launcher terminates them): no rank keeps training
+    under PID 1 holding the folder's train.lock."""
+    data, init, _ = setup
+    argv = ["--config-file", os.path.join(ROOT, FASTER), "--num-gpus", "2"]
+    long_run = ["SOLVER.MAX_ITER", "100000", "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu"]
+    argv += _opts(data, tmp_path, init)[:-8] + long_run + ["OUTPUT_DIR", str(tmp_path)]
+    launcher = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "tools", "train_net.py")] + argv,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not (tmp_path / "metrics.json").exists():
+            time.sleep(0.5)
+        workers = _children(launcher.pid)
+        assert (tmp_path / "metrics.json").exists(), "the ranks never started training"
+        ranks = [p for p in workers if "spawn" in open(f"/proc/{p}/cmdline").read()]
+        assert len(ranks) == 2, workers
+        os.kill(launcher.pid, sig)
+        launcher.wait(timeout=60)
+        deadline = time.time() + 60
+        while time.time() < deadline and any(_alive(p) for p in ranks):
+            time.sleep(0.5)
+        assert not any(_alive(p) for p in ranks), "a rank outlived its launcher"
+    finally:
+        for p in _children(launcher.pid) if launcher.poll() is None else []:
+            os.kill(p, signal.SIGKILL)
+        if launcher.poll() is None:
+            launcher.kill()

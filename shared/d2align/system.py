@@ -1,9 +1,31 @@
 """What the machine lets this process use, and how concurrent runs share it."""
 
+import ctypes
 import os
+import signal
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["usable_cpus", "usable_cpu_set", "visible_gpus", "job_slots"]
+__all__ = [
+    "usable_cpus",
+    "usable_cpu_set",
+    "visible_gpus",
+    "job_slots",
+    "die_with_parent",
+]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:
+    """Have the kernel send `sig` to this process when its parent dies (Linux; elsewhere a
+    no-op), and exit at once if the parent `parent_pid` is already gone (it may die between
+    the fork and this call)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig))
+    if os.getppid() != parent_pid:
+        os._exit(128 + int(sig))
 
 
 def usable_cpus() -> int:

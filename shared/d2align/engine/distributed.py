@@ -7,8 +7,15 @@ torch sees no CUDA, `--num-gpus N` starts N processes on the CPU with the gloo b
 with CPU cores // N threads), and `Trainer` wraps the model in a CPU DistributedDataParallel.
 With CUDA, detectron2's own `launch` runs unchanged. Multi-machine options are detectron2's:
 `--num-machines`, `--machine-rank`, `--dist-url` (tcp://<host of rank 0>:<port>).
+
+The CPU processes never outlive the launcher: each gets SIGTERM from the kernel when the
+launcher dies, even by SIGKILL (`die_with_parent`), and a SIGTERM or SIGINT to the launcher
+terminates them (then kills what is left after a grace period) before it exits.
 """
 
+import os
+import signal
+import time
 from datetime import timedelta
 
 import torch
@@ -17,7 +24,7 @@ import torch.multiprocessing as mp
 from detectron2.engine import launch as detectron2_launch
 from detectron2.utils import comm
 
-from ..system import usable_cpus
+from ..system import die_with_parent, usable_cpus
 
 __all__ = ["launch"]
 
@@ -63,14 +70,39 @@ def launch(
         dist_url = f"tcp://127.0.0.1:{_free_port()}"
     # printed, as detectron2's command line: logging is set up in the processes only
     print(f"No CUDA: {num_processes_per_machine} CPU processes (gloo) on this machine")
-    mp.start_processes(
+    context = mp.start_processes(
         _cpu_worker,
         nprocs=num_processes_per_machine,
         args=(main_func, world_size, num_processes_per_machine, machine_rank, dist_url, args)
-        + (timeout,),
+        + (timeout, os.getpid()),
         daemon=False,
         start_method="spawn",
+        join=False,
     )
+    previous = signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        while not context.join():
+            pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop(context.processes)
+
+
+def _raise_exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _stop(processes, grace_s: float = 10.0) -> None:
+    """SIGTERM the processes still alive, SIGKILL those alive after `grace_s`."""
+    alive = [p for p in processes if p.is_alive()]
+    for p in alive:
+        p.terminate()
+    deadline = time.time() + grace_s
+    for p in alive:
+        p.join(max(0.0, deadline - time.time()))
+        if p.is_alive():
+            p.kill()
+            p.join()
 
 
 def _free_port() -> int:
@@ -96,8 +128,17 @@ def _create_local_process_group(num_per_machine: int, machine_rank: int) -> None
 
 
 def _cpu_worker(
-    local_rank, main_func, world_size, num_per_machine, machine_rank, dist_url, args, timeout
+    local_rank,
+    main_func,
+    world_size,
+    num_per_machine,
+    machine_rank,
+    dist_url,
+    args,
+    timeout,
+    launcher_pid,
 ):
+    die_with_parent(launcher_pid)
     torch.set_num_threads(max(1, usable_cpus() // num_per_machine))
     rank = machine_rank * num_per_machine + local_rank
     dist.init_process_group(

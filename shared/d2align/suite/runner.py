@@ -12,7 +12,6 @@
 """
 
 import contextlib
-import ctypes
 import dataclasses
 import functools
 import hashlib
@@ -29,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from ..atomic import atomic_write_text
 from ..lock import DirLock
-from ..system import job_slots, usable_cpu_set, visible_gpus
+from ..system import die_with_parent, job_slots, usable_cpu_set, visible_gpus
 from .progress import format_seconds, overall_eta, read_progress
 from .runs import STAMP_FILE, Run, read_results
 
@@ -116,16 +115,14 @@ def preflight(runs: Sequence[Run], root: Path, retrain: bool) -> None:
 _BLOCKED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
-def _child_setup(cores=None) -> None:  # pragma: no cover - runs in the child before exec
+def _child_setup(parent_pid: int, cores=None) -> None:  # pragma: no cover - in the child
     """Unblock the signals the suite blocks while it forks (a blocked mask survives exec), pin
     the child to `cores` (its slot's share, where the platform can), and on Linux have SIGTERM
     delivered to the child when the suite process dies."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _BLOCKED)
     if cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cores)
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    die_with_parent(parent_pid)
 
 
 @contextlib.contextmanager
@@ -282,7 +279,7 @@ class _Scheduler:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=functools.partial(_child_setup, cores),
+                preexec_fn=functools.partial(_child_setup, os.getpid(), cores),
             )
             self.running.append(_Child(run, proc, log, lock, time.time(), resumed_from, slot))
         finally:
