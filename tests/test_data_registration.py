@@ -195,3 +195,56 @@ def test_bad_file_level_errors(tmp_path):
     os.remove(os.path.join(image_root, "b.png"))
     with pytest.raises(ValueError, match=r"images\[1\] \(id=2, file_name='b.png'\): image file"):
         load_coco_json_checked(_write(tmp_path, coco), image_root)
+
+
+@pytest.mark.parametrize("how", ["no annotation", "all crowd"])
+def test_a_training_set_with_nothing_to_learn_is_refused(tmp_path, clean_catalog, how):
+    from d2align.data.datasets import check_something_to_learn
+
+    coco, image_root = _user_dataset(tmp_path)
+    if how == "no annotation":
+        coco["annotations"] = []
+    else:
+        for ann in coco["annotations"]:
+            ann["iscrowd"] = 1
+    json_file = _write(tmp_path, coco)
+    register_coco_instances_checked(USER, json_file, image_root)
+    assert MetadataCatalog.get(USER).num_instances == 0
+    with pytest.raises(ValueError, match=re.escape(f"'{USER}' ({json_file}) has no annotation")):
+        check_something_to_learn([USER])
+
+
+def test_train_and_test_classes_are_compared(tmp_path, clean_catalog):
+    """A test JSON whose class names differ from the training JSON's (here reversed) is
+    refused naming both files; a custom training set without a test set is refused naming the
+    keys, instead of being evaluated on the embedded 6-class validation set."""
+    from d2align.data.from_config import CUSTOM_TEST, CUSTOM_TRAIN, register_data_from_config
+    from d2align.engine import build_config as build
+    from d2align.testing import ROOT
+
+    def build_config(_, opts):  # the shapes Faster R-CNN config: DATASETS.TEST the embedded val
+        return build(f"{ROOT}/configs/shapes/faster_rcnn_R18_FPN_scratch.yaml", opts)
+
+    coco, image_root = _user_dataset(tmp_path)
+    train_json = _write(tmp_path, coco, "train.json")
+    reversed_coco = copy.deepcopy(coco)
+    names = [c["name"] for c in reversed_coco["categories"]]
+    for c, name in zip(reversed_coco["categories"], reversed(names)):
+        c["name"] = name
+    test_json = _write(tmp_path, reversed_coco, "test.json")
+    keys = ["D2ALIGN.DATA.TRAIN_JSON", train_json, "D2ALIGN.DATA.TRAIN_IMAGES", image_root]
+    test_keys = ["D2ALIGN.DATA.TEST_JSON", test_json, "D2ALIGN.DATA.TEST_IMAGES", image_root]
+    try:
+        with pytest.raises(ValueError, match=f"{CUSTOM_TEST}' \\({re.escape(test_json)}\\).*"
+                           f"{CUSTOM_TRAIN}' \\({re.escape(train_json)}\\)"):  # fmt: skip
+            register_data_from_config(build_config("", keys + test_keys))
+        with pytest.raises(ValueError, match="TRAIN_JSON is set but D2ALIGN.DATA.TEST_JSON is not"):
+            register_data_from_config(build_config("", keys))
+        same = keys + ["D2ALIGN.DATA.TEST_JSON", train_json, "D2ALIGN.DATA.TEST_IMAGES", image_root]
+        register_data_from_config(build_config("", same))  # the same classes: accepted
+        register_data_from_config(build_config("", keys + ["DATASETS.TEST", "()"]))
+    finally:
+        for name in (CUSTOM_TRAIN, CUSTOM_TEST):
+            if name in DatasetCatalog.list():
+                DatasetCatalog.remove(name)
+                MetadataCatalog.remove(name)

@@ -198,3 +198,17 @@ def test_cl_balanced_cap_keeps_the_most_confident_detections():
     assert det.scores[0].item() in (pytest.approx(0.50), pytest.approx(0.49))
     assert det.pred_boxes.tensor[0].tolist() in boxes[-2:].tolist()
     assert det.scores[1:].tolist() == pytest.approx([0.45] * 99)
+
+
+@pytest.mark.parametrize("heads", ["StandardROIHeads", "CascadeROIHeads"])
+def test_detectron2s_own_heads_refuse_a_predictor_they_would_ignore(heads):
+    """An Offset Bin config with detectron2's StandardROIHeads used to train plain
+    FastRCNNOutputLayers and exit 0: refused, naming both keys."""
+    path = f"{ROOT}/projects/OffsetBin/configs/shapes/"
+    path += "bin_expectation_hierarchical_R18_FPN_scratch.yaml"
+    from d2align.projects import config_hooks_for
+
+    cfg = build_config(path, ["MODEL.ROI_HEADS.NAME", heads], config_hooks_for(path))
+    with pytest.raises(ValueError, match=rf"MODEL.ROI_BOX_HEAD.PREDICTOR = '\w+'.*{heads}"):
+        check_common_config(cfg)
+    check_common_config(build_config(path, [], config_hooks_for(path)))  # its own heads: fine

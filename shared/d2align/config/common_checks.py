@@ -117,3 +117,15 @@ def check_common_config(cfg: CfgNode) -> None:
         f"detectron2's {heads} does not read it: set MODEL.ROI_HEADS.NAME to "
         "D2AlignStandardROIHeads or D2AlignCascadeROIHeads",
     )
+    # nor MODEL.ROI_BOX_HEAD.PREDICTOR: detectron2's heads would silently train its default
+    predictor = _get(cfg, "MODEL.ROI_BOX_HEAD.PREDICTOR")
+    check_config(
+        predictor in (None, "FastRCNNOutputLayers")
+        or cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN"
+        or heads not in _DETECTRON2_ROI_HEADS,
+        "MODEL.ROI_BOX_HEAD.PREDICTOR",
+        predictor,
+        f"MODEL.ROI_HEADS.NAME = {heads!r} (detectron2's) ignores it and would train "
+        "FastRCNNOutputLayers instead: set MODEL.ROI_HEADS.NAME to D2AlignStandardROIHeads or "
+        "D2AlignCascadeROIHeads (or the project's heads)",
+    )

@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
@@ -36,6 +36,8 @@ from .synthetic import CLASS_NAMES, SPLITS, ShapesSpec, generate_split, split_is
 
 __all__ = [
     "SHAPES_DATASETS",
+    "check_dataset_classes",
+    "check_something_to_learn",
     "default_shapes_root",
     "ensure_shapes_split",
     "validate_coco_dict",
@@ -211,11 +213,13 @@ def register_coco_instances_checked(name: str, json_file: str, image_root: str) 
     The file is validated now (errors name the file and the record), so a broken dataset fails
     at registration rather than in training, and again when loaded. Metadata: `thing_classes`
     (category names sorted by id), `thing_dataset_id_to_contiguous_id`, `json_file`,
-    `image_root`, `evaluator_type="coco"`. Calling it again with the same files is a no-op;
+    `image_root`, `evaluator_type="coco"`, `num_instances` (annotations that are not crowd
+    regions: what a training can learn from). Calling it again with the same files is a no-op;
     with other files, it replaces the registration of `name`.
     """
     json_file, image_root = os.path.abspath(json_file), os.path.abspath(image_root)
-    categories = sorted(_read_checked(json_file, image_root)["categories"], key=lambda c: c["id"])
+    data = _read_checked(json_file, image_root)
+    categories = sorted(data["categories"], key=lambda c: c["id"])
     _register(
         name,
         lambda: load_coco_json_checked(json_file, image_root, name),
@@ -225,8 +229,51 @@ def register_coco_instances_checked(name: str, json_file: str, image_root: str) 
             json_file=json_file,
             image_root=image_root,
             evaluator_type="coco",
+            num_instances=sum(1 for a in data["annotations"] if not a["iscrowd"]),
         ),
     )
+
+
+def check_dataset_classes(train: Sequence[str], test: Sequence[str]) -> None:
+    """Refuse a test set whose classes differ from the training set's (names and order, as
+    `thing_classes` of the registered datasets; datasets without that metadata are skipped):
+    the evaluation would score each class against another's ground truth.
+
+    Raises:
+        ValueError: naming both datasets (and their JSON files) and both class lists.
+    """
+    registered = [n for n in list(train) + list(test) if n in DatasetCatalog.list()]
+    with_classes = [n for n in registered if MetadataCatalog.get(n).get("thing_classes")]
+    if not with_classes:
+        return
+    first = with_classes[0]
+    for name in with_classes[1:]:
+        a, b = (MetadataCatalog.get(n).get("thing_classes") for n in (first, name))
+        if list(a) != list(b):
+            raise ValueError(
+                f"dataset '{name}' ({_source(name)}) has the classes {list(b)}, but '{first}' "
+                f"({_source(first)}) has {list(a)}: a model trained on one cannot be evaluated "
+                "on the other; use the same categories (names and ids) in both JSON files"
+            )
+
+
+def check_something_to_learn(train: Sequence[str]) -> None:
+    """Refuse training sets with no annotation to learn from (none at all, or only crowd
+    regions), naming the dataset and its JSON file."""
+    for name in train:
+        if name not in DatasetCatalog.list():
+            continue
+        count = MetadataCatalog.get(name).get("num_instances", None)
+        if count == 0:
+            raise ValueError(
+                f"training set '{name}' ({_source(name)}) has no annotation to learn from: no "
+                "object that is not a crowd region (iscrowd 1); a detector trained on it would "
+                "learn only background"
+            )
+
+
+def _source(name: str) -> str:
+    return MetadataCatalog.get(name).get("json_file", "no JSON file")
 
 
 def default_shapes_root() -> str:

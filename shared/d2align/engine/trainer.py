@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import D2AlignCheckpointer
+from ..data.datasets import check_something_to_learn
 from ..evaluation import D2AlignCOCOEvaluator
 from .amp import CPUAutocastTrainer
 
@@ -100,6 +101,7 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg):
         check_num_classes(cfg)
+        check_something_to_learn(cfg.DATASETS.TRAIN)
         if comm.get_world_size() > 1 and cfg.MODEL.DEVICE == "cpu":
             self._init_on_cpu_processes(cfg)
         else:
