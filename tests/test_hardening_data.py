@@ -74,6 +74,12 @@ def _truncated_jpeg_named_png(path):
     _cut(path, 0.5)
 
 
+def _sixteen_bit(path):
+    """A 16-bit grayscale PNG (values around 30000: read as 8 bits, nearly all 255)."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(20000, 40000, (H, W), dtype=np.uint16)).save(path, format="PNG")
+
+
 @pytest.mark.parametrize(
     "spoil, problem",
     [
@@ -82,6 +88,7 @@ def _truncated_jpeg_named_png(path):
         (_truncated_png, r"is truncated \(a PNG file without its end marker\)"),
         (_truncated_jpeg_named_png, r"is truncated \(a JPEG file without its end marker\)"),
         (_other_size, r"is 60x40 pixels but the annotation file says 50x40"),
+        (_sixteen_bit, r"is a 16-bit image \(PIL mode I;16\): detectron2 reads it clipped"),
     ],
 )
 def test_corrupt_image_refused_at_registration(tmp_path, spoil, problem):
@@ -124,3 +131,36 @@ def test_embedded_cache_regenerates_a_corrupted_split(tmp_path, caplog):
     assert open(path, "rb").read() == original  # regenerated, identical (deterministic)
     warned = [r.getMessage() for r in caplog.records if "regenerating" in r.getMessage()]
     assert len(warned) == 1 and "000001.jpg is truncated" in warned[0]
+
+
+def test_a_jpeg_damaged_in_the_middle_is_named_when_decoded(tmp_path):
+    """Header and end marker intact, the entropy-coded data garbled: the registration check
+    passes (it reads header and tail only); decoding in the data loader's mapper fails with an
+    error naming the file and its record, not a bare `OSError: broken data stream`."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from d2align.data.mapper import NamingDatasetMapper
+    from d2align.engine import build_config
+
+    json_file, root = _dataset(tmp_path, lambda path: None)
+    big = os.path.join(root, "a.jpg")
+    _noise((W * 8, H * 8)).save(big, format="JPEG", quality=95)
+    coco = json.loads(open(json_file).read())
+    coco["images"][0].update(width=W * 8, height=H * 8)
+    open(json_file, "w").write(json.dumps(coco))
+    data = bytearray(open(big, "rb").read())
+    middle = len(data) // 2
+    data[middle : middle + 4] = b"\xff\xda\x00\x02"  # a start-of-scan marker with no scan
+    open(big, "wb").write(bytes(data))
+    assert image_file_problem(big, W * 8, H * 8) is None  # not seen without decoding
+    name = "d2align_h26_damaged_jpeg"
+    register_coco_instances_checked(name, json_file, root)
+    try:
+        (record,) = [r for r in DatasetCatalog.get(name) if r["file_name"].endswith("a.jpg")]
+        cfg = build_config("", ["INPUT.MIN_SIZE_TEST", "64", "MODEL.DEVICE", "cpu"])
+        mapper = NamingDatasetMapper(cfg, is_train=False)
+        with pytest.raises(ValueError, match=r"a\.jpg \(image id 1\): cannot be read"):
+            mapper(record)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

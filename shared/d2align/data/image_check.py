@@ -5,7 +5,10 @@ header (format, width, height, EXIF orientation, as detectron2's `read_image` ap
 the last kilobyte, where a complete JPEG has its end-of-image marker and a complete PNG its
 IEND chunk. It catches the files that otherwise fail deep inside a data-loader worker with an
 error naming no file: a zero-byte file, a file that is not an image (e.g. HTML named `.jpg`),
-a truncated JPEG or PNG, and an image whose size differs from the JSON's width / height.
+a truncated JPEG or PNG, and an image whose size differs from the JSON's width / height; and
+16-bit or floating-point images (PIL modes I;16, I, F), which detectron2's reader clips to
+8 bits, so that a 16-bit PNG reads as nearly all white. Damage in the middle of a file is only
+seen when it is decoded: the data loader's `NamingDatasetMapper` names the file then.
 """
 
 import os
@@ -23,6 +26,15 @@ _END_MARKERS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND"}
 _EXIF_FORMATS = ("JPEG", "MPO")
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+# PIL modes of more than 8 bits per channel, which detectron2's read_image clips to 8 bits
+_WIDE_MODES = {
+    "I;16": "16-bit",
+    "I;16B": "16-bit",
+    "I;16L": "16-bit",
+    "I;16N": "16-bit",
+    "I": "32-bit integer",
+    "F": "32-bit float",
+}
 
 
 def image_file_problem(path: str, width: int, height: int) -> Optional[str]:
@@ -47,11 +59,16 @@ def image_file_problem(path: str, width: int, height: int) -> Optional[str]:
         return "is empty (0 bytes)"
     try:
         with Image.open(path) as img:
-            fmt, (w, h) = img.format, img.size
+            fmt, (w, h), mode = img.format, img.size, img.mode
             # JPEG's EXIF sits in the header; PIL decodes a whole PNG to look for one
             orientation = img.getexif().get(_EXIF_ORIENTATION) if fmt in _EXIF_FORMATS else None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         return f"is not an image PIL can read ({type(e).__name__}: {e})"
+    if mode in _WIDE_MODES:
+        return (
+            f"is a {_WIDE_MODES[mode]} image (PIL mode {mode}): detectron2 reads it clipped to 8 "
+            "bits (mostly white); convert it to 8-bit RGB or grayscale"
+        )
     end = _END_MARKERS.get(fmt)
     if end is not None:
         with open(path, "rb") as f:

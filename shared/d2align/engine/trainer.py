@@ -23,7 +23,11 @@ import time
 import weakref
 
 import torch
-from detectron2.data import MetadataCatalog
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
@@ -32,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import D2AlignCheckpointer
 from ..data.datasets import check_something_to_learn
+from ..data.mapper import NamingDatasetMapper
 from ..evaluation import D2AlignCOCOEvaluator
 from .amp import CPUAutocastTrainer
 
@@ -131,6 +136,19 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """detectron2's loader with `NamingDatasetMapper`: an image that cannot be decoded
+        (e.g. a JPEG damaged in the middle) is reported with its file and record."""
+        return build_detection_train_loader(cfg, mapper=NamingDatasetMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """detectron2's test loader with `NamingDatasetMapper` (see `build_train_loader`)."""
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=NamingDatasetMapper(cfg, False)
+        )
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
