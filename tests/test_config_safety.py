@@ -76,3 +76,16 @@ def test_a_config_with_a_python_tag_is_refused_and_runs_nothing(tmp_path):
         assert not marker.exists()
     with pytest.raises(ValueError, match=re.escape(str(evil))):
         build_config(str(child))  # the message names the file that holds the tag
+
+
+def test_a_base_loop_or_a_base_that_is_not_a_mapping_names_the_files(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text('_BASE_: "b.yaml"\nSEED: 1\n')
+    b.write_text('_BASE_: "a.yaml"\n')
+    with pytest.raises(
+        ValueError, match=r"_BASE_ chain loops: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"
+    ):
+        build_config(str(a))
+    b.write_text("- just\n- a list\n")
+    with pytest.raises(ValueError, match=r"b\.yaml: a config file must be a YAML mapping.*list"):
+        build_config(str(a))

@@ -109,6 +109,11 @@ BASE = {"name": "t", "runs": [{"config": FASTER, "label": "A"}, {"config": RETIN
             lambda d: d["runs"][1].update(weights_from="B"),
             "bad.yaml: runs[1] (label 'B'): weights_from names the run itself",
         ),
+        (lambda d: d.update(seeds=[1, -1]), "bad.yaml: seeds must be in [0, 2**31)"),
+        (lambda d: d.update(seeds=[2**40]), "bad.yaml: seeds must be in [0, 2**31)"),
+        (lambda d: d["runs"][1].update(label="B | C"), "runs[1] (label 'B | C'): label must not"),
+        (lambda d: d["runs"][1].update(label="../../x"), "label must not contain ['/', '..']"),
+        (lambda d: d.update(name="../../escape"), "bad.yaml: name names the output folder"),
     ],
 )
 def test_bad_suite_files_are_refused_naming_the_file_and_the_entry(tmp_path, change, message):
@@ -132,3 +137,22 @@ def test_two_runs_into_one_folder_are_refused(tmp_path):
 def test_suite_by_name_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"no suite named 'nope'.*'headline'"):
         load_suite("nope", ROOT)
+
+
+def test_a_duplicated_top_level_key_is_refused(tmp_path):
+    """PyYAML keeps the last of two `runs:` keys: the first list would vanish silently."""
+    path = tmp_path / "twice.yaml"
+    path.write_text(f"name: t\nruns:\n  - config: {FASTER}\nruns:\n  - config: {RETINA}\n")
+    with pytest.raises(
+        ValueError, match="twice.yaml: cannot read the suite file.*duplicated key 'runs'"
+    ):
+        load_suite(path, ROOT)
+
+
+def test_poll_must_be_positive():
+    from d2align.suite.cli import parse_args
+
+    for bad in ("-1", "0", "inf", "nan"):
+        with pytest.raises(SystemExit):
+            parse_args(["--suite", "headline", "--poll", bad])
+    assert parse_args(["--suite", "headline", "--poll", "0.5"]).poll == 0.5

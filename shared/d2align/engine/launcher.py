@@ -48,8 +48,11 @@ def merge_config_file_safely(cfg: CfgNode, config_file: str) -> None:
 
     detectron2's default (`allow_unsafe=True`) falls back to PyYAML's unsafe loader when the
     safe one fails, so that a `!!python/object/apply:os.system [...]` tag in a config runs
-    code. Here such a tag is refused: ValueError naming the file, the line and the tag.
+    code. Here such a tag is refused: ValueError naming the file, the line and the tag. A
+    `_BASE_` chain that loops, or a file in it that is not a YAML mapping, is refused naming
+    the files.
     """
+    _check_base_chain(config_file)
     try:
         cfg.merge_from_file(config_file, allow_unsafe=False)
     except yaml.constructor.ConstructorError as err:
@@ -58,6 +61,36 @@ def merge_config_file_safely(cfg: CfgNode, config_file: str) -> None:
             f"{config_file}: a config file may not run code; refused "
             f"{err.problem.strip()} at {str(where).strip()}"
         ) from None
+
+
+def _check_base_chain(config_file: str) -> None:
+    """Follow `_BASE_` from `config_file` as detectron2 does (relative to the including file);
+    refuse a loop or a file that is not a YAML mapping, naming the files."""
+    chain, path = [], os.path.abspath(config_file)
+    while path:
+        if path in chain:
+            loop = " -> ".join(chain[chain.index(path) :] + [path])
+            raise ValueError(f"{config_file}: its _BASE_ chain loops: {loop}")
+        chain.append(path)
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f)
+        except OSError as e:
+            raise ValueError(f"{config_file}: cannot read {path} (in its _BASE_ chain): {e}")
+        except yaml.YAMLError:
+            return  # reported with its position by merge_from_file
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{path}: a config file must be a YAML mapping (KEY: value), got "
+                f"{type(data).__name__}"
+                + (f" (the _BASE_ of {chain[-2]})" if len(chain) > 1 else "")
+            )
+        base = data.get("_BASE_")
+        if base is None:
+            return
+        base = os.path.expanduser(str(base))
+        path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+        path = os.path.abspath(path)
 
 
 def build_config(

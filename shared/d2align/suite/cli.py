@@ -37,6 +37,13 @@ from .summary import read_payload, run_summary
 __all__ = ["main", "parse_args", "noise_note"]
 
 
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="tools/compare.py",
@@ -66,7 +73,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="a smoke run of the whole suite in minutes (small data, 20 iterations), labelled "
         "as such; its runs go to <out>/runs",
     )
-    parser.add_argument("--poll", type=float, default=30.0, help="seconds between progress lines")
+    parser.add_argument(
+        "--poll", type=_positive_seconds, default=30.0, help="seconds between progress lines"
+    )
     parser.add_argument(
         "--opts",
         nargs=argparse.REMAINDER,

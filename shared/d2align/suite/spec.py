@@ -130,6 +130,8 @@ def _seeds(value: Any, where: str) -> Tuple[int, ...]:
         _fail(where, f"seeds must be a list of integers, got {value!r}")
     if len(set(value)) != len(value):
         _fail(where, f"seeds must not repeat a seed, got {value}")
+    if not all(0 <= s < 2**31 for s in value):  # detectron2 draws a random seed for SEED < 0
+        _fail(where, f"seeds must be in [0, 2**31), got {value}")
     return tuple(value)
 
 
@@ -147,6 +149,9 @@ def _entry(record: Any, index: int, root: Path, where_file: str) -> RunEntry:
         label = config.stem
     if not isinstance(label, str) or not label.strip():
         _fail(where, f"label must be a non-empty string, got {label!r}")
+    bad = [c for c in ("|", "\n", "/", "..") if c in label]
+    if bad:  # "|" breaks the markdown table; "/" and ".." would name folders outside the suite's
+        _fail(where, f"label must not contain {bad}, got {label!r}")
     weights_from = record.get("weights_from")
     if weights_from is not None and not isinstance(weights_from, str):
         _fail(where, f"weights_from must be the label of another run, got {weights_from!r}")
@@ -210,6 +215,9 @@ def parse_suite(data: Any, root: Path, where_file: str, source: Optional[Path] =
     name = data.get("name")
     if not isinstance(name, str) or not name.strip():
         _fail(where_file, f"needs 'name': a non-empty string, got {name!r}")
+    if any(c in name for c in ("/", "\\", "..")) or name.startswith("."):
+        _fail(where_file, f"name names the output folder output/suites/<name>: no '/', '\\' or "
+              f"'..', got {name!r}")  # fmt: skip
     runs = data.get("runs")
     if not isinstance(runs, list) or not runs:
         _fail(where_file, "needs 'runs': a non-empty list of runs")
@@ -242,6 +250,21 @@ def parse_suite(data: Any, root: Path, where_file: str, source: Optional[Path] =
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicated key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_suite(name_or_path: Union[str, Path], root: Path) -> Suite:
     """Read and check a suite file (see the module docstring).
 
@@ -258,7 +281,7 @@ def load_suite(name_or_path: Union[str, Path], root: Path) -> Suite:
     except ValueError:
         where = str(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except (OSError, yaml.YAMLError) as e:
         raise ValueError(f"{where}: cannot read the suite file: {e}") from e
     return parse_suite(data, root, where, source=path)
