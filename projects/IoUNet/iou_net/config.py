@@ -6,9 +6,10 @@ Paper symbols in the comments; defaults are the paper's (§3.1, §3.4) where it 
 
 from detectron2.config import CfgNode as CN
 
-from d2align.config import add_d2align_config
+from d2align.config import add_d2align_config, add_nms_keys
 
-NMS_TYPES = ("standard", "soft_linear", "soft_gaussian", "iou_guided")
+# the NMS types of IoU-Net's post-processing (`d2align.modeling.per_class_nms`)
+NMS_TYPES = ("standard", "soft_linear", "soft_gaussian", "cl_balanced", "iou_guided")
 
 
 def add_iou_net_config(cfg: CN) -> None:
@@ -46,13 +47,12 @@ def add_iou_net_config(cfg: CN) -> None:
     _C.JITTER.SHIFT_RANGE = 0.3  # center shift, fraction of the box width / height
     _C.JITTER.ASPECT_RANGE = (0.5, 2.0)  # aspect-ratio factor, log-uniform
 
-    # ---- inference (§3.2, §3.4): NMS, then refinement of the most confident boxes
-    # "standard" (classification score), "soft_linear" / "soft_gaussian" (Soft-NMS),
-    # "iou_guided" (Algorithm 1: rank by predicted IoU, keep the cluster's max score)
-    _C.NMS_TYPE = "iou_guided"
+    # ---- inference (§3.2, §3.4): NMS, then refinement of the most confident boxes. The NMS
+    # keys are d2align's (`add_nms_keys`): "iou_guided" (Algorithm 1: rank by predicted IoU,
+    # keep the cluster's max score) by default, "standard" (classification score), Soft-NMS
+    # and CL-balanced NMS for comparison
+    add_nms_keys(_C, "iou_guided")
     _C.NMS_THRESH = 0.5  # Omega_nms (N_t of linear Soft-NMS)
-    _C.SOFT_NMS_SIGMA = 0.5  # sigma of Gaussian Soft-NMS
-    _C.SOFT_NMS_SCORE_THRESH = 0.001  # Soft-NMS drops boxes whose decayed score falls below
     _C.REFINE = CN()
     _C.REFINE.ENABLED = True  # optimization-based refinement (Algorithm 2)
     _C.REFINE.STEP_SIZE = 0.5  # lambda

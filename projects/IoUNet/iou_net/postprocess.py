@@ -22,15 +22,14 @@ Shape legend:
 Boxes are XYXY in absolute pixels of the network input.
 """
 
-from typing import Callable, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
 from detectron2.structures import Boxes, Instances
-from torchvision.ops import batched_nms
 
 from d2align.config import check_choice, check_config
-from d2align.ops import batched_iou_guided_nms, batched_soft_nms
+from d2align.modeling import nms_settings_from_config, per_class_nms
 from d2align.structures import refine_boxes
 
 from .config import NMS_TYPES
@@ -76,8 +75,7 @@ class IoUNetPostProcessor:
         *,
         nms_type: str = "iou_guided",
         nms_thresh: float = 0.5,
-        soft_nms_sigma: float = 0.5,
-        soft_nms_score_thresh: float = 0.001,
+        nms_kwargs: Optional[Dict[str, Any]] = None,
         topk_per_image: int = 100,
         refine: bool = True,
         refine_step_size: float = 0.5,
@@ -88,10 +86,10 @@ class IoUNetPostProcessor:
     ):
         """
         Args:
-            nms_type (str): one of "standard", "soft_linear", "soft_gaussian", "iou_guided".
+            nms_type (str): one of `NMS_TYPES` ("iou_guided": Algorithm 1).
             nms_thresh (float): Omega_nms (N_t of linear Soft-NMS).
-            soft_nms_sigma (float): sigma of Gaussian Soft-NMS.
-            soft_nms_score_thresh (float): Soft-NMS drops boxes whose score falls below it.
+            nms_kwargs (dict): the other arguments of `d2align.modeling.per_class_nms`
+                (Soft-NMS, CL-balanced), as `nms_settings_from_config` reads them.
             topk_per_image (int): detections kept per image; < 0 keeps all.
             refine (bool): whether to run Algorithm 2.
             refine_step_size (float): lambda > 0.
@@ -103,8 +101,7 @@ class IoUNetPostProcessor:
         check_choice("nms_type", nms_type, NMS_TYPES)
         self.nms_type = nms_type
         self.nms_thresh = nms_thresh
-        self.soft_nms_sigma = soft_nms_sigma
-        self.soft_nms_score_thresh = soft_nms_score_thresh
+        self.nms_kwargs = dict(nms_kwargs or {})
         self.topk_per_image = topk_per_image
         self.refine = refine
         self.refine_args = dict(
@@ -120,20 +117,13 @@ class IoUNetPostProcessor:
         c = cfg.MODEL.IOU_NET
         r = c.REFINE
         k = "MODEL.IOU_NET."
-        check_choice(k + "NMS_TYPE", c.NMS_TYPE, NMS_TYPES)
+        nms_type, nms_kwargs = nms_settings_from_config(c, k, NMS_TYPES)
         check_config(0 <= c.NMS_THRESH <= 1, k + "NMS_THRESH", c.NMS_THRESH, "must be in [0, 1]")
-        check_config(c.SOFT_NMS_SIGMA > 0, k + "SOFT_NMS_SIGMA", c.SOFT_NMS_SIGMA, "must be > 0")
         check_config(r.STEP_SIZE > 0, k + "REFINE.STEP_SIZE", r.STEP_SIZE, "must be > 0 (lambda)")
         check_config(r.OMEGA1 >= 0, k + "REFINE.OMEGA1", r.OMEGA1, "must be >= 0 (Omega_1)")
         check_config(r.OMEGA2 < 0, k + "REFINE.OMEGA2", r.OMEGA2, "must be < 0 (Omega_2)")
         check_config(r.MAX_ITERS >= 1, k + "REFINE.MAX_ITERS", r.MAX_ITERS, "must be >= 1 (T)")
         check_config(r.TOPK >= 1, k + "REFINE.TOPK", r.TOPK, "must be >= 1")
-        check_config(
-            0 <= c.SOFT_NMS_SCORE_THRESH <= 1,
-            k + "SOFT_NMS_SCORE_THRESH",
-            c.SOFT_NMS_SCORE_THRESH,
-            "must be in [0, 1]",
-        )
         check_config(
             not r.ENABLED or c.POOLER_TYPE == "PrRoIPool",
             k + "POOLER_TYPE",
@@ -142,10 +132,9 @@ class IoUNetPostProcessor:
             "gradient of the predicted IoU w.r.t. the box, which only PrRoIPool provides)",
         )
         return {
-            "nms_type": c.NMS_TYPE,
+            "nms_type": nms_type,
             "nms_thresh": c.NMS_THRESH,
-            "soft_nms_sigma": c.SOFT_NMS_SIGMA,
-            "soft_nms_score_thresh": c.SOFT_NMS_SCORE_THRESH,
+            "nms_kwargs": nms_kwargs,
             "topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "refine": r.ENABLED,
             "refine_step_size": r.STEP_SIZE,
@@ -177,27 +166,16 @@ class IoUNetPostProcessor:
                 cluster's maximum).
             pred_ious (Tensor[D'] or None): their predicted IoU (IoU-guided NMS only).
         """
-        if self.nms_type == "standard":
-            keep = batched_nms(boxes, scores, classes, self.nms_thresh)
-            return keep, scores[keep], None
-        if self.nms_type.startswith("soft_"):
-            keep, new_scores = batched_soft_nms(
-                boxes,
-                scores,
-                classes,
-                method=self.nms_type[len("soft_") :],
-                iou_threshold=self.nms_thresh,
-                sigma=self.soft_nms_sigma,
-                score_threshold=self.soft_nms_score_thresh,
+        if self.nms_type != "iou_guided":
+            keep, new_scores = per_class_nms(
+                boxes, scores, classes, self.nms_type, self.nms_thresh, **self.nms_kwargs
             )
             return keep, new_scores, None
         with torch.no_grad():
             pred_ious = iou_fn(boxes, classes)
-        keep, new_scores = batched_iou_guided_nms(
-            boxes, scores, pred_ious.to(scores.dtype), classes, self.nms_thresh
+        keep, new_scores = per_class_nms(
+            boxes, scores, classes, "iou_guided", self.nms_thresh, loc_scores=pred_ious
         )
-        order = torch.argsort(new_scores, descending=True, stable=True)
-        keep, new_scores = keep[order], new_scores[order]
         return keep, new_scores, pred_ious[keep]
 
     def __call__(

@@ -2,6 +2,12 @@
 
 from .checks import check_choice, check_config
 from .common_checks import check_common_config
-from .defaults import add_d2align_config
+from .defaults import add_d2align_config, add_nms_keys
 
-__all__ = ["add_d2align_config", "check_choice", "check_common_config", "check_config"]
+__all__ = [
+    "add_d2align_config",
+    "add_nms_keys",
+    "check_choice",
+    "check_common_config",
+    "check_config",
+]

@@ -7,6 +7,24 @@ A project's own keys live in its `add_<project>_config`, which calls this first.
 from detectron2.config import CfgNode as CN
 
 
+def add_nms_keys(node: CN, nms_type: str) -> None:
+    """The NMS keys of a detector's inference, the same under every node that has them
+    (`MODEL.D2ALIGN_ROI_HEADS`, `MODEL.D2ALIGN_RETINANET`, `MODEL.IOU_NET`), read by
+    `d2align.modeling.nms_settings_from_config` and dispatched by `per_class_nms`."""
+    # "standard" (detectron2's), "soft_linear" / "soft_gaussian" (Soft-NMS), "cl_balanced"
+    # (DC Loss's CL-balanced NMS, eq. 6-7), "iou_guided" (IoU-Net's Algorithm 1; heads that
+    # predict IoU only)
+    node.NMS_TYPE = nms_type
+    node.SOFT_NMS_SIGMA = 0.5  # sigma of Gaussian Soft-NMS, > 0
+    node.SOFT_NMS_SCORE_THRESH = 0.001  # Soft-NMS drops boxes whose decayed score falls below
+    node.CL_NMS_TEMPERATURE = 1.0  # temperature of eq. 6's softmax over the cluster's scores
+    node.CL_NMS_DIS_SCALE = 1.0  # weight of eq. 7's centre term dis against the score p
+    # f of eq. 6, whose softmax weights the cluster's centres: "logit" (log(p / (1 - p)), the
+    # pre-activation the paper's f most plausibly names, kept apart from the probability p of
+    # eq. 7) or "probability" (p itself: nearly uniform weights for p in [0, 1]).
+    node.CL_NMS_CENTER_WEIGHTS = "logit"
+
+
 def add_d2align_config(cfg: CN) -> None:
     """Add the shared d2align keys to `cfg` in place (idempotent)."""
     if "D2ALIGN" in cfg:
@@ -53,12 +71,7 @@ def add_d2align_config(cfg: CN) -> None:
     # "cl_balanced" (DC Loss's CL-balanced NMS, eq. 6-7). The IoU threshold is
     # MODEL.ROI_HEADS.NMS_THRESH_TEST; the other parameters as under MODEL.D2ALIGN_RETINANET.
     cfg.MODEL.D2ALIGN_ROI_HEADS = CN()
-    cfg.MODEL.D2ALIGN_ROI_HEADS.NMS_TYPE = "standard"
-    cfg.MODEL.D2ALIGN_ROI_HEADS.SOFT_NMS_SIGMA = 0.5
-    cfg.MODEL.D2ALIGN_ROI_HEADS.SOFT_NMS_SCORE_THRESH = 0.001
-    cfg.MODEL.D2ALIGN_ROI_HEADS.CL_NMS_TEMPERATURE = 1.0
-    cfg.MODEL.D2ALIGN_ROI_HEADS.CL_NMS_DIS_SCALE = 1.0
-    cfg.MODEL.D2ALIGN_ROI_HEADS.CL_NMS_CENTER_WEIGHTS = "logit"
+    add_nms_keys(cfg.MODEL.D2ALIGN_ROI_HEADS, "standard")
     # D2AlignRetinaNet (d2align.modeling.retinanet): detectron2's RetinaNet with overridable
     # assignment, losses and NMS, beside MODEL.RETINANET (whose keys it keeps). With these
     # defaults it is exactly detectron2's RetinaNet.
@@ -76,15 +89,6 @@ def add_d2align_config(cfg: CN) -> None:
     # Weights (>= 0) of the classification and box regression losses.
     _R.CLS_LOSS_WEIGHT = 1.0
     _R.BOX_REG_LOSS_WEIGHT = 1.0
-    # Per-class NMS at inference: "standard" (detectron2's), "soft_linear" / "soft_gaussian"
-    # (Soft-NMS), "cl_balanced" (DC Loss's CL-balanced NMS, eq. 6-7). The IoU threshold is
+    # Per-class NMS at inference (`add_nms_keys`); the IoU threshold is
     # MODEL.RETINANET.NMS_THRESH_TEST (N_t of linear Soft-NMS; CL-balanced's cluster threshold).
-    _R.NMS_TYPE = "standard"
-    _R.SOFT_NMS_SIGMA = 0.5  # sigma of Gaussian Soft-NMS, > 0
-    _R.SOFT_NMS_SCORE_THRESH = 0.001  # Soft-NMS drops boxes whose decayed score falls below
-    _R.CL_NMS_TEMPERATURE = 1.0  # temperature of eq. 6's softmax over the cluster's scores
-    _R.CL_NMS_DIS_SCALE = 1.0  # weight of eq. 7's centre term dis against the score p
-    # f of eq. 6, whose softmax weights the cluster's centres: "logit" (log(p / (1 - p)), the
-    # pre-activation the paper's f most plausibly names, kept apart from the probability p of
-    # eq. 7) or "probability" (p itself: nearly uniform weights for p in [0, 1]).
-    _R.CL_NMS_CENTER_WEIGHTS = "logit"
+    add_nms_keys(_R, "standard")

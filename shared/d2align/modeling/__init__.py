@@ -15,7 +15,7 @@ from .iou_targets import (
 )
 from .losses import IOU_LOSS_TYPES, iou_prediction_loss
 from .poolers import build_box_pooler, build_roi_box_pooler
-from .postprocessing import NMS_TYPES, per_class_nms
+from .postprocessing import NMS_TYPES, SCORE_NMS_TYPES, nms_settings_from_config, per_class_nms
 from .retinanet import BBOX_REG_LOSS_TYPES, D2AlignRetinaNet, check_d2align_retinanet_config
 from .roi_heads_base import D2AlignStandardROIHeads, per_class_candidates
 
@@ -39,6 +39,8 @@ __all__ = [
     "IOU_LOSS_TYPES",
     "iou_prediction_loss",
     "NMS_TYPES",
+    "SCORE_NMS_TYPES",
+    "nms_settings_from_config",
     "per_class_nms",
     "BBOX_REG_LOSS_TYPES",
     "D2AlignRetinaNet",

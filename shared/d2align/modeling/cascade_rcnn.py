@@ -52,7 +52,7 @@ class D2AlignCascadeROIHeads(CascadeROIHeads):
     ):
         """
         Args:
-            nms_type (str): the NMS at inference, one of `NMS_TYPES`.
+            nms_type (str): the NMS at inference, one of `SCORE_NMS_TYPES`.
             nms_kwargs (dict): the other arguments of `per_class_nms` (Soft-NMS, CL-balanced).
             kwargs: `CascadeROIHeads` arguments.
         """

@@ -7,7 +7,13 @@ so that a detector's post-processing can switch among them by a config key (the 
     "standard": detectron2's `batched_nms` (torchvision's NMS per class);
     "soft_linear" / "soft_gaussian": Soft-NMS (Bodla et al., ICCV 2017), `batched_soft_nms`;
     "cl_balanced": Classification-Localization-balanced NMS (DC Loss paper, eq. 6-7),
-        `batched_cl_balanced_nms`.
+        `batched_cl_balanced_nms`;
+    "iou_guided": IoU-guided NMS (IoU-Net, Algorithm 1), `batched_iou_guided_nms`, for heads
+        that predict each box's IoU (`loc_scores`).
+
+It is the one NMS dispatcher of d2align: the two-stage heads (`nms_detections`), the RetinaNet
+base and IoU-Net's post-processor all call it, with settings read by `nms_settings_from_config`
+from a node holding the keys of `d2align.config.add_nms_keys`.
 
 Every type returns its detections ranked by the score it reports, so that a detector's cap on
 detections per image (`TEST.DETECTIONS_PER_IMAGE`) keeps the most confident ones.
@@ -18,17 +24,25 @@ Shape legend:
 Boxes are XYXY in absolute pixels of the network input.
 """
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from detectron2.layers import batched_nms
 
 from ..config import check_choice, check_config
-from ..ops import batched_cl_balanced_nms, batched_soft_nms
+from ..ops import batched_cl_balanced_nms, batched_iou_guided_nms, batched_soft_nms
 
-__all__ = ["NMS_TYPES", "CL_NMS_CENTER_WEIGHTS", "nms_settings_from_config", "per_class_nms"]
+__all__ = [
+    "NMS_TYPES",
+    "SCORE_NMS_TYPES",
+    "CL_NMS_CENTER_WEIGHTS",
+    "nms_settings_from_config",
+    "per_class_nms",
+]
 
-NMS_TYPES = ("standard", "soft_linear", "soft_gaussian", "cl_balanced")
+NMS_TYPES = ("standard", "soft_linear", "soft_gaussian", "cl_balanced", "iou_guided")
+# the types that need only classification scores: every detector can use them
+SCORE_NMS_TYPES = NMS_TYPES[:4]
 CL_NMS_CENTER_WEIGHTS = ("logit", "probability")  # f of eq. 6 (`batched_cl_balanced_nms`)
 
 
@@ -44,6 +58,7 @@ def per_class_nms(
     cl_nms_temperature: float = 1.0,
     cl_nms_dis_scale: float = 1.0,
     cl_nms_center_weights: str = "logit",
+    loc_scores: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """NMS of type `nms_type`, each class independently.
 
@@ -60,6 +75,8 @@ def per_class_nms(
         cl_nms_temperature (float): temperature of the softmax of eq. 6 (CL-balanced), > 0.
         cl_nms_dis_scale (float): weight of the centre term of eq. 7 (CL-balanced), >= 0.
         cl_nms_center_weights (str): f of eq. 6 (CL-balanced): "logit" or "probability".
+        loc_scores (Tensor[M] or None): predicted IoU of each box; required by "iou_guided"
+            (the ranking key), unused by the others.
 
     Returns:
         keep (Tensor[D], int64): kept candidates, best first by the score returned: by score
@@ -67,10 +84,11 @@ def per_class_nms(
             (CL-balanced: p + dis chooses each cluster's box, then the kept boxes are ranked by
             p, the score they are reported with, ties in p + dis order; a cap on the number of
             detections then drops the least confident, not the lone boxes that p + dis
-            favours: a box alone in its cluster has dis = 1).
+            favours: a box alone in its cluster has dis = 1), by the updated classification
+            score (IoU-guided: each kept box takes the highest score of its cluster).
         scores (Tensor[D]): their scores as detections: `scores[keep]` (standard,
             CL-balanced: the classification score, the selection score p + dis only ranks),
-            the decayed scores (Soft-NMS).
+            the decayed scores (Soft-NMS), the cluster's highest score (IoU-guided).
     """
     if nms_type == "standard":
         keep = batched_nms(boxes, scores, classes, iou_threshold)
@@ -97,10 +115,18 @@ def per_class_nms(
         )
         keep = keep[torch.sort(scores[keep], descending=True, stable=True).indices]
         return keep, scores[keep]
+    if nms_type == "iou_guided":
+        if loc_scores is None:
+            raise ValueError("per_class_nms: nms_type 'iou_guided' needs loc_scores")
+        keep, new_scores = batched_iou_guided_nms(boxes, scores, loc_scores, classes, iou_threshold)
+        order = torch.sort(new_scores, descending=True, stable=True).indices
+        return keep[order], new_scores[order]
     raise ValueError(f"per_class_nms: nms_type must be one of {NMS_TYPES}, got {nms_type!r}")
 
 
-def nms_settings_from_config(node, prefix: str) -> Tuple[str, Dict[str, Any]]:
+def nms_settings_from_config(
+    node, prefix: str, allowed: Sequence[str] = NMS_TYPES
+) -> Tuple[str, Dict[str, Any]]:
     """The NMS type and the keyword arguments of `per_class_nms` from a config node holding
     NMS_TYPE, SOFT_NMS_SIGMA, SOFT_NMS_SCORE_THRESH, CL_NMS_TEMPERATURE, CL_NMS_DIS_SCALE and
     CL_NMS_CENTER_WEIGHTS (e.g. `cfg.MODEL.D2ALIGN_ROI_HEADS`), checked.
@@ -108,6 +134,8 @@ def nms_settings_from_config(node, prefix: str) -> Tuple[str, Dict[str, Any]]:
     Args:
         node (CfgNode): the node.
         prefix (str): its full name with a trailing dot, for the error messages.
+        allowed (sequence of str): the NMS types the caller supports (a head without an IoU
+            prediction has no "iou_guided").
 
     Returns:
         (nms_type, kwargs): kwargs has soft_nms_sigma, soft_nms_score_thresh,
@@ -116,7 +144,7 @@ def nms_settings_from_config(node, prefix: str) -> Tuple[str, Dict[str, Any]]:
     Raises:
         ValueError: a value is out of range (the message names the key).
     """
-    check_choice(prefix + "NMS_TYPE", node.NMS_TYPE, NMS_TYPES)
+    check_choice(prefix + "NMS_TYPE", node.NMS_TYPE, allowed)
     check_config(
         node.SOFT_NMS_SIGMA > 0, prefix + "SOFT_NMS_SIGMA", node.SOFT_NMS_SIGMA, "must be > 0"
     )

@@ -50,7 +50,7 @@ from torch import Tensor
 
 from ..config import check_choice, check_config
 from .losses import balanced_l1_loss, focal_loss_on_labels
-from .postprocessing import NMS_TYPES, nms_settings_from_config, per_class_nms
+from .postprocessing import SCORE_NMS_TYPES, nms_settings_from_config, per_class_nms
 
 __all__ = ["BBOX_REG_LOSS_TYPES", "D2AlignRetinaNet", "check_d2align_retinanet_config"]
 
@@ -69,7 +69,7 @@ def check_d2align_retinanet_config(cfg) -> None:
         check_config(value > 0, k + "BALANCED_L1." + key, value, "must be > 0")
     for key in ("CLS_LOSS_WEIGHT", "BOX_REG_LOSS_WEIGHT"):
         check_config(c[key] >= 0, k + key, c[key], "must be >= 0")
-    nms_settings_from_config(c, k)
+    nms_settings_from_config(c, k, SCORE_NMS_TYPES)
     r = cfg.MODEL.RETINANET
     for key in ("NMS_THRESH_TEST", "SCORE_THRESH_TEST"):
         check_config(0 <= r[key] <= 1, "MODEL.RETINANET." + key, r[key], "must be in [0, 1]")
@@ -116,7 +116,7 @@ class D2AlignRetinaNet(RetinaNet):
             balanced_l1_alpha, balanced_l1_gamma, balanced_l1_beta (float): parameters of the
                 balanced L1 loss, used when `box_reg_loss_type` is "balanced_l1".
             cls_loss_weight, box_reg_loss_weight (float): weights of the two losses.
-            nms_type (str): one of `NMS_TYPES` (`d2align.modeling.per_class_nms`).
+            nms_type (str): one of `SCORE_NMS_TYPES` (`d2align.modeling.per_class_nms`).
             soft_nms_sigma, soft_nms_score_thresh (float): Soft-NMS parameters.
             cl_nms_temperature, cl_nms_dis_scale (float), cl_nms_center_weights (str):
                 CL-balanced NMS parameters.
@@ -129,8 +129,8 @@ class D2AlignRetinaNet(RetinaNet):
                 f"box_reg_loss_type must be one of {BBOX_REG_LOSS_TYPES}, got "
                 f"{self.box_reg_loss_type!r}"
             )
-        if nms_type not in NMS_TYPES:
-            raise ValueError(f"nms_type must be one of {NMS_TYPES}, got {nms_type!r}")
+        if nms_type not in SCORE_NMS_TYPES:
+            raise ValueError(f"nms_type must be one of {SCORE_NMS_TYPES}, got {nms_type!r}")
         self.balanced_l1 = dict(
             alpha=balanced_l1_alpha, gamma=balanced_l1_gamma, beta=balanced_l1_beta
         )
@@ -159,7 +159,9 @@ class D2AlignRetinaNet(RetinaNet):
             cls_loss_weight=c.CLS_LOSS_WEIGHT,
             box_reg_loss_weight=c.BOX_REG_LOSS_WEIGHT,
         )
-        nms_type, nms_kwargs = nms_settings_from_config(c, "MODEL.D2ALIGN_RETINANET.")
+        nms_type, nms_kwargs = nms_settings_from_config(
+            c, "MODEL.D2ALIGN_RETINANET.", SCORE_NMS_TYPES
+        )
         ret.update(nms_type=nms_type, **nms_kwargs)
         return ret
 

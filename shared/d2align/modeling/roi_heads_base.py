@@ -36,7 +36,7 @@ from detectron2.structures import Boxes, Instances
 from ..config import check_config
 from .box_predictor import build_box_predictor
 from .poolers import build_roi_box_pooler
-from .postprocessing import NMS_TYPES, nms_settings_from_config, per_class_nms
+from .postprocessing import SCORE_NMS_TYPES, nms_settings_from_config, per_class_nms
 
 __all__ = [
     "D2AlignStandardROIHeads",
@@ -56,14 +56,16 @@ def roi_heads_nms_from_config(cfg) -> Dict[str, Any]:
         node,
         "missing: the node is added by d2align.config.add_d2align_config",
     )
-    nms_type, nms_kwargs = nms_settings_from_config(node, "MODEL.D2ALIGN_ROI_HEADS.")
+    nms_type, nms_kwargs = nms_settings_from_config(
+        node, "MODEL.D2ALIGN_ROI_HEADS.", SCORE_NMS_TYPES
+    )
     return {"nms_type": nms_type, "nms_kwargs": nms_kwargs}
 
 
 def _check_nms_type(heads, base_forward_box, nms_type: str) -> None:
     """Refuse a non-standard NMS type for a subclass that replaced the inference."""
-    if nms_type not in NMS_TYPES:
-        raise ValueError(f"nms_type must be one of {NMS_TYPES}, got {nms_type!r}")
+    if nms_type not in SCORE_NMS_TYPES:
+        raise ValueError(f"nms_type must be one of {SCORE_NMS_TYPES}, got {nms_type!r}")
     check_config(
         nms_type == "standard" or type(heads)._forward_box is base_forward_box,
         "MODEL.D2ALIGN_ROI_HEADS.NMS_TYPE",
@@ -92,7 +94,7 @@ class D2AlignStandardROIHeads(StandardROIHeads):
     ):
         """
         Args:
-            nms_type (str): the NMS at inference, one of `NMS_TYPES`.
+            nms_type (str): the NMS at inference, one of `SCORE_NMS_TYPES`.
             nms_kwargs (dict): the other arguments of `per_class_nms` (Soft-NMS, CL-balanced).
             kwargs: `StandardROIHeads` arguments.
         """
@@ -195,7 +197,7 @@ def nms_detections(
         image_shape (tuple[int, int]): (height, width).
         predictor: the box predictor (its test_score_thresh, test_nms_thresh,
             test_topk_per_image).
-        nms_type (str): one of `NMS_TYPES`.
+        nms_type (str): one of `SCORE_NMS_TYPES`.
         nms_kwargs: the other arguments of `per_class_nms`.
 
     Returns:
