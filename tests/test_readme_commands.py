@@ -54,6 +54,9 @@ COVERED_ELSEWHERE = {
     "scripts/main.sh": "tests/test_suite_main.py runs `bash scripts/main.sh --quick` (the "
     "headline suite: trainings, table, figures)",
     "scripts/test.sh": "CI runs it (.ci/run is `bash scripts/test.sh`), which runs this file",
+    "scripts/gpu_check.sh": "it runs tools/gpu_check.py, whose CPU side (arguments, the plan of "
+    "each part, the skip without a GPU, the time budget) tests/test_gpu_check.py runs; the "
+    "parts themselves need a CUDA device",
     "tools/compare.py": "tests/test_compare.py runs `tools/compare.py <configs> --out DIR` as a "
     "process (trains two configs, then reuses them), tests/test_suite_runner.py runs it on "
     "suite files, and `--suite headline` runs through scripts/main.sh in "
@@ -206,6 +209,7 @@ def smoke_table(tmp: Path) -> Dict[str, Command]:
         ),
         "bench_nms": cmd("benchmarks/bench_nms.py", "--sizes 300 --repeats 1 --threads 1"),
         "bench_mutual_guidance": cmd("benchmarks/bench_mutual_guidance.py", bench),
+        "bench_amp": cmd("benchmarks/bench_amp.py", "--rows faster_rcnn dc_loss " + bench),
         # IoU-Net
         "iounet": train("projects/IoUNet/train_net.py", IOUNET, "iounet"),
         "iounet_eval": evaluate(  # the README's "IoU-Net" row of Table 3
@@ -686,6 +690,10 @@ def test_bench_nms(ran):
     [
         ("bench_mutual_guidance", {"mutual_guidance / static"}),
         ("bench_dc_loss", {"iac_dc / retinanet", "iac_dc_clnms / iac_dc"}),
+        (
+            "bench_amp",
+            {"faster_rcnn bfloat16 / faster_rcnn float32", "dc_loss bfloat16 / dc_loss float32"},
+        ),
         (
             "bench_cpm_rcnn",
             {f"CPM R-CNN, {n} stage(s) / Faster R-CNN" for n in (1, 2, 3)},
