@@ -363,3 +363,24 @@ def test_a_build_without_cuda_kernels_says_so(monkeypatch, caplog):
         nms._warn_once_cpu_fallback("batched_iou_guided_nms")
         nms._warn_once_cpu_fallback("batched_iou_guided_nms")
     assert len([r for r in caplog.records if "without CUDA kernels" in r.getMessage()]) == 1
+
+
+def test_iou_guided_above_the_mask_limit_runs_per_class_with_the_same_result(monkeypatch):
+    """Many candidates (above MAX_BOXES_PER_CALL): one call per class, so the CUDA kernel's
+    N x N/64 mask is that of one class; the result is the batched call's, order included."""
+    from d2align.ops import nms
+
+    boxes, (s, loc), idxs = clustered_inputs(600, 4, seed=9, dtype=torch.float32)
+    expected = batched_iou_guided_nms(boxes, s, loc, idxs, 0.5)
+    calls = []
+    original = nms._iou_guided_per_class
+
+    def counting(*args):
+        calls.append(len(args[0]))
+        return original(*args)
+
+    monkeypatch.setattr(nms, "MAX_BOXES_PER_CALL", 100)
+    monkeypatch.setattr(nms, "_iou_guided_per_class", counting)
+    keep, new = batched_iou_guided_nms(boxes, s, loc, idxs, 0.5)
+    assert calls == [600]  # split once at the top, each class then fits
+    assert torch.equal(keep, expected[0]) and torch.equal(new, expected[1])

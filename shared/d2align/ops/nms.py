@@ -101,6 +101,28 @@ def _on_cpu(op, *tensors, **kwargs) -> Tuple[torch.Tensor, torch.Tensor]:
     return keep.to(device), scores.to(device)
 
 
+# candidates above which IoU-guided NMS runs one class per call (see its docstring)
+MAX_BOXES_PER_CALL = 16384
+
+
+def _iou_guided_per_class(boxes, cls_scores, loc_scores, idxs, iou_threshold):
+    """`batched_iou_guided_nms` one class at a time, merged in its order (loc desc, index
+    asc)."""
+    keeps, scores = [], []
+    for c in idxs.unique():
+        members = (idxs == c).nonzero().squeeze(1)
+        keep, new = batched_iou_guided_nms(
+            boxes[members], cls_scores[members], loc_scores[members], idxs[members], iou_threshold
+        )
+        keeps.append(members[keep])
+        scores.append(new)
+    keep, new = torch.cat(keeps), torch.cat(scores)
+    by_index = torch.sort(keep, stable=True).indices
+    keep, new = keep[by_index], new[by_index]
+    by_loc = torch.sort(loc_scores[keep], descending=True, stable=True).indices
+    return keep[by_loc], new[by_loc]
+
+
 def batched_iou_guided_nms(
     boxes: torch.Tensor,
     cls_scores: torch.Tensor,
@@ -121,6 +143,10 @@ def batched_iou_guided_nms(
         idxs (Tensor[N]): class of each box.
         iou_threshold (float): Omega_nms.
 
+    Memory: the CUDA kernel holds an N x ceil(N / 64) bit mask of the overlaps (312 MB at
+    N = 50k). Above `MAX_BOXES_PER_CALL` candidates the classes are run one call each (the same
+    result: classes never interact), so the mask is that of the largest class.
+
     Returns:
         keep (int64 Tensor[K]): kept boxes, sorted by (loc_scores desc, index asc).
         scores (Tensor[K]): their updated classification scores.
@@ -131,6 +157,8 @@ def batched_iou_guided_nms(
     )
     _check_threshold(op, "iou_threshold", iou_threshold)
     require_ext("iou_guided_nms")
+    if boxes.shape[0] > MAX_BOXES_PER_CALL and idxs.unique().numel() > 1:
+        return _iou_guided_per_class(boxes, cls_scores, loc_scores, idxs, iou_threshold)
     args = (boxes, cls_scores, loc_scores, idxs)
     if boxes.is_cuda and not compiled_with_cuda():
         _warn_once_cpu_fallback(op)
