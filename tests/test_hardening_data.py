@@ -4,6 +4,7 @@ record; the embedded dataset's cache regenerates a split whose images are corrup
 import json
 import logging
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -164,3 +165,28 @@ def test_a_jpeg_damaged_in_the_middle_is_named_when_decoded(tmp_path):
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+def test_absurd_inputs_name_the_file(tmp_path):
+    """A JSON nested beyond Python's recursion limit, a PNG whose header claims 30000 x 30000
+    pixels, an OUTPUT_DIR that is a file: each refused naming the file or the key."""
+    from d2align.data.datasets import load_coco_json_checked
+    from d2align.engine.launcher import load_config
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(ValueError, match=r"deep\.json: cannot read a COCO JSON file: Recursion"):
+        load_coco_json_checked(str(deep), str(tmp_path))
+    bomb = tmp_path / "bomb.png"
+    _png(bomb)
+    data = bytearray(bomb.read_bytes())
+    data[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR width and height
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")  # the IHDR's CRC
+    bomb.write_bytes(bytes(data))
+    assert "claims more pixels than PIL decodes safely" in image_file_problem(
+        str(bomb), 30000, 30000
+    )
+    a_file = tmp_path / "out"
+    a_file.write_text("")
+    with pytest.raises(ValueError, match=r"OUTPUT_DIR = '.*out': is a file"):
+        load_config("", ["OUTPUT_DIR", str(a_file)])

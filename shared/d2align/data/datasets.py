@@ -177,8 +177,8 @@ def _read_checked(json_file: str, image_root: Optional[str], check_images: bool 
     try:
         with open(json_file) as f:
             data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{json_file}: cannot read a COCO JSON file: {e}") from e
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
+        raise ValueError(f"{json_file}: cannot read a COCO JSON file: {type(e).__name__}: {e}")
     validate_coco_dict(data, json_file, image_root, check_images)
     return data
 

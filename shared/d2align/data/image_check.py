@@ -62,6 +62,8 @@ def image_file_problem(path: str, width: int, height: int) -> Optional[str]:
             fmt, (w, h), mode = img.format, img.size, img.mode
             # JPEG's EXIF sits in the header; PIL decodes a whole PNG to look for one
             orientation = img.getexif().get(_EXIF_ORIENTATION) if fmt in _EXIF_FORMATS else None
+    except Image.DecompressionBombError as e:  # a header claiming e.g. 30000 x 30000 pixels
+        return f"claims more pixels than PIL decodes safely ({e})"
     except (UnidentifiedImageError, OSError, ValueError) as e:
         return f"is not an image PIL can read ({type(e).__name__}: {e})"
     if mode in _WIDE_MODES:

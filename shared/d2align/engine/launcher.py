@@ -120,6 +120,8 @@ def load_config(
     """`build_config`, then register the datasets the config names, then freeze it: the config
     a command (training, evaluation, diagnostics, benchmark) runs with."""
     cfg = build_config(config_file, opts, config_hooks)
+    if os.path.exists(cfg.OUTPUT_DIR) and not os.path.isdir(cfg.OUTPUT_DIR):
+        raise ValueError(f"OUTPUT_DIR = {cfg.OUTPUT_DIR!r}: is a file, not a folder")
     check_common_config(cfg)
     register_data_from_config(cfg)
     cfg.freeze()
