@@ -22,7 +22,7 @@ import torch
 from d2align.checkpoint import D2AlignCheckpointer
 from d2align.engine import Trainer, build_config
 from d2align.engine.launcher import launch_from_command_line
-from d2align.testing import ROOT, register_tiny_shapes
+from d2align.testing import ROOT, live_processes, process_gone, register_tiny_shapes
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU processes")
 
@@ -118,29 +118,6 @@ def test_two_cpu_processes_equal_one_with_the_whole_batch(setup, tmp_path):
         assert f.read().strip() == "model_final.pth"
 
 
-def _children(pid):
-    """PIDs of the live (non-zombie) processes whose parent is `pid`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry))
-    return found
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killing_the_launcher_leaves_no_rank_behind(setup, tmp_path, sig):
     """`--num-gpus 2` on the CPU, the launcher killed mid-training (SIGKILL: the workers get
@@ -160,18 +137,18 @@ def test_killing_the_launcher_leaves_no_rank_behind(setup, tmp_path, sig):
         deadline = time.time() + 180
         while time.time() < deadline and not (tmp_path / "metrics.json").exists():
             time.sleep(0.5)
-        workers = _children(launcher.pid)
+        workers = live_processes(parent=launcher.pid)
         assert (tmp_path / "metrics.json").exists(), "the ranks never started training"
         ranks = [p for p in workers if "spawn" in open(f"/proc/{p}/cmdline").read()]
         assert len(ranks) == 2, workers
         os.kill(launcher.pid, sig)
         launcher.wait(timeout=60)
         deadline = time.time() + 60
-        while time.time() < deadline and any(_alive(p) for p in ranks):
+        while time.time() < deadline and any(not process_gone(p) for p in ranks):
             time.sleep(0.5)
-        assert not any(_alive(p) for p in ranks), "a rank outlived its launcher"
+        assert not any(not process_gone(p) for p in ranks), "a rank outlived its launcher"
     finally:
-        for p in _children(launcher.pid) if launcher.poll() is None else []:
+        for p in live_processes(parent=launcher.pid) if launcher.poll() is None else []:
             os.kill(p, signal.SIGKILL)
         if launcher.poll() is None:
             launcher.kill()

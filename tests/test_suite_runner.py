@@ -16,33 +16,10 @@ from pathlib import Path
 import pytest
 
 from d2align.suite import DirLock, execute, main, plan_runs, suite_of_configs
+from d2align.testing import live_processes, process_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 FASTER = "configs/shapes/faster_rcnn_R18_FPN_scratch.yaml"
-
-
-def _gone(pid: int) -> bool:
-    """No such process any more (or only a zombie waiting for its reaper)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-def _group_members(pgid: int):
-    """PIDs of the live processes of process group `pgid`."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(entry))
-    return members
 
 
 class _Suite:
@@ -131,7 +108,7 @@ def test_killed_suite_leaves_no_process_then_resumes_and_reports_the_failure(tmp
     assert "Run the same command again to continue" in first.text
     assert set(pids) <= {"A", "B"} and "A" in pids
     for pid in pids.values():
-        assert _gone(pid) and _group_members(pid) == [], first.text[-3000:]
+        assert process_gone(pid) and live_processes(group=pid) == [], first.text[-3000:]
     stopped_at = checkpoint.read_text().strip()  # e.g. model_0000003.pth
     assert (out / "runs" / "A" / "final_results.json").exists() is False
 
@@ -172,10 +149,10 @@ def test_ctrl_c_terminates_the_training(tmp_path, data):
     run.wait_for(lambda: "long" in run.pids())
     pid = run.pids()["long"]
     time.sleep(1.0)
-    assert not _gone(pid)
+    assert not process_gone(pid)
     run.proc.send_signal(signal.SIGINT)
     assert run.finish(60) == 130, run.text[-3000:]
-    assert _gone(pid) and _group_members(pid) == []
+    assert process_gone(pid) and live_processes(group=pid) == []
 
 
 def test_exception_in_the_suite_terminates_the_training(tmp_path):
@@ -192,7 +169,7 @@ def test_exception_in_the_suite_terminates_the_training(tmp_path):
     with pytest.raises(RuntimeError, match="a bug in the suite"):
         execute([run], 1, ROOT, echo=echo, poll_s=0.5)
     (pid,) = started
-    assert _gone(pid) and _group_members(pid) == []
+    assert process_gone(pid) and live_processes(group=pid) == []
 
 
 def _results(run_dir: Path) -> None:

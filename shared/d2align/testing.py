@@ -4,7 +4,7 @@ model configs, fixed batches, seeded heads and short SGD runs. Not imported by p
 import contextlib
 import math
 import os
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pytest
 import torch
@@ -515,3 +515,34 @@ def lone_boxes_and_one_duplicated_object(
                          [origin + 12, origin, origin + 52, origin + 40]])  # fmt: skip
     scores = torch.tensor([lone_score] * num_lone + list(pair_scores))
     return torch.cat([lone, pair]), scores
+
+
+def _proc_stat(pid) -> Optional[List[str]]:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...), or None
+    when there is no such process (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def process_gone(pid: int) -> bool:
+    """No such process any more (or only a zombie waiting for its reaper)."""
+    fields = _proc_stat(pid)
+    return fields is None or fields[0] == "Z"
+
+
+def live_processes(parent: Optional[int] = None, group: Optional[int] = None) -> List[int]:
+    """PIDs of the live (non-zombie) processes whose parent is `parent` and / or whose process
+    group is `group` (Linux)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        fields = _proc_stat(entry) if entry.isdigit() else None
+        if fields is None or fields[0] == "Z":
+            continue
+        if (parent is None or int(fields[1]) == parent) and (
+            group is None or int(fields[2]) == group
+        ):
+            found.append(int(entry))
+    return found
