@@ -15,11 +15,41 @@ print(o.compiled_with_cuda())"` tells what a build has.
 
 import glob
 import os
+import shutil
 import sys
 
-import torch
-from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+def _find_cuda_home():
+    """The CUDA toolkit's root for torch's extension builder, when CUDA_HOME / CUDA_PATH are not
+    set: torch takes the parent of the folder of `nvcc` on PATH, which is wrong when `nvcc` is
+    a wrapper or a link outside the toolkit (e.g. /usr/local/bin/nvcc running
+    /usr/local/cuda-13.0/bin/nvcc: the link step then finds no libcudart). The first of that
+    guess and /usr/local/cuda that holds libcudart is taken."""
+    if os.getenv("CUDA_HOME") or os.getenv("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    guesses = ([os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []) + [
+        "/usr/local/cuda"
+    ]
+    for root in guesses:
+        libs = glob.glob(os.path.join(root, "lib64", "libcudart.so*")) + glob.glob(
+            os.path.join(root, "targets", "*", "lib", "libcudart.so*")
+        )
+        if libs and os.path.isfile(os.path.join(root, "bin", "nvcc")):
+            os.environ["CUDA_HOME"] = root
+            return
+
+
+_find_cuda_home()  # before torch.utils.cpp_extension reads it
+
+import torch  # noqa: E402
+from setuptools import find_packages, setup  # noqa: E402
+from torch.utils.cpp_extension import (  # noqa: E402
+    CUDA_HOME,
+    BuildExtension,
+    CppExtension,
+    CUDAExtension,
+)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(ROOT, "shared"))
