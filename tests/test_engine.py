@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from detectron2.data import DatasetCatalog
 from detectron2.engine import HookBase
 
 from d2align.engine import Trainer, check_num_classes
@@ -21,9 +22,21 @@ def tiny_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def empty_data(tmp_path_factory):
+    """Training images without objects except a few (a set with none is refused, below)."""
     root = tmp_path_factory.mktemp("empty_shapes")
+    names = register_tiny_shapes(
+        str(root), num_train=8, num_val=2, prefix="d2align_test_empty", empty_fraction=0.75
+    )
+    counts = [len(r["annotations"]) for r in DatasetCatalog.get(names[0])]
+    assert counts.count(0) >= 4 and sum(counts) > 0, counts  # seeded
+    return names
+
+
+@pytest.fixture(scope="module")
+def no_object_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("no_object_shapes")
     return register_tiny_shapes(
-        str(root), num_train=4, num_val=2, prefix="d2align_test_empty", empty_fraction=1.0
+        str(root), num_train=4, num_val=2, prefix="d2align_test_no_object", empty_fraction=1.0
     )
 
 
@@ -100,6 +113,13 @@ def test_images_without_objects_train(config, empty_data, tmp_path):
     trainer.train()  # evaluates at the end too: a val set without objects
     loss = trainer.storage.history("total_loss").latest()
     assert torch.isfinite(torch.tensor(loss))
+
+
+def test_a_training_set_without_any_object_is_refused(no_object_data, tmp_path):
+    """Every image empty: nothing to learn; refused naming the dataset and its JSON file."""
+    cfg = tiny_training_config(FASTER, str(tmp_path), no_object_data, max_iter=3)
+    with pytest.raises(ValueError, match="'d2align_test_no_object_train' .* no annotation"):
+        Trainer(cfg)
 
 
 def test_num_classes_mismatch_names_the_key(tiny_data, tmp_path):

@@ -27,6 +27,7 @@ def _current_env(folder: Path) -> Path:
     python.chmod(0o755)
     script = (
         'set -euo pipefail; D2ALIGN_ROOT="$PWD"; eval "$(grep "^TORCH_PINS=" scripts/env.sh)"; '
+        'eval "$(sed -n "/^_d2align_ext_stamp() {/,/^}/p" scripts/env.sh)"; '
         'eval "$(sed -n "/^_d2align_stamp() {/,/^}/p" scripts/env.sh)"; _d2align_stamp'
     )
     done = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True)
