@@ -156,3 +156,12 @@ def test_poll_must_be_positive():
         with pytest.raises(SystemExit):
             parse_args(["--suite", "headline", "--poll", bad])
     assert parse_args(["--suite", "headline", "--poll", "0.5"]).poll == 0.5
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    from d2align.suite.cli import main
+
+    a_file = tmp_path / "table"
+    a_file.write_text("")
+    with pytest.raises(SystemExit, match=r"--out .*table: is a file, not a folder"):
+        main([str(ROOT / FASTER), "--out", str(a_file)], root=ROOT)

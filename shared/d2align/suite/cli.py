@@ -276,6 +276,8 @@ def main(argv: Optional[Sequence[str]] = None, root: Optional[Path] = None) -> i
         default_out.with_name(default_out.name + "_quick") if args.quick else default_out
     )
     out = out if out.is_absolute() else Path.cwd() / out
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"[suite] --out {out}: is a file, not a folder")
     lock = DirLock(out, "suite.lock", "suite")
     try:
         lock.acquire()
