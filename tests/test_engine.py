@@ -167,3 +167,28 @@ def test_cuda_config_on_a_machine_without_cuda_says_so(caplog):
     assert cfg.MODEL.DEVICE == "cpu"
     (record,) = [r for r in caplog.records if "MODEL.DEVICE" in r.getMessage()]
     assert "'cuda'" in record.getMessage() and "CPU" in record.getMessage()
+
+
+def test_a_diverging_training_names_the_keys_that_scale_it(tiny_data, tmp_path):
+    """A learning rate far too large (or a huge loss weight) makes the loss infinite within a
+    few steps: detectron2's FloatingPointError now also names the keys that set the step and
+    the losses' scale, with their values, instead of only "Training has diverged"."""
+    cfg = tiny_training_config(
+        FASTER,
+        str(tmp_path),
+        tiny_data,
+        max_iter=20,
+        image_size=64,
+        opts=["SOLVER.BASE_LR", "1e12", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT", "3e4"],
+    )
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(FloatingPointError) as raised:
+        trainer.train()
+    message = str(raised.value)
+    # detectron2's own words stay ("Loss became infinite or NaN", or the RPN's "Predicted boxes
+    # or scores contain Inf/NaN. Training has diverged.", whichever comes first)
+    assert "infinite or NaN" in message or "Training has diverged" in message
+    assert "SOLVER.BASE_LR=1000000000000.0" in message
+    assert "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT=30000.0" in message
+    assert "MODEL.PIXEL_STD=" in message

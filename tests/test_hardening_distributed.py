@@ -9,7 +9,6 @@ RetinaNet's loss normaliser is a per-process moving average: neither is equal ac
 counts even in exact arithmetic.) Then `--resume` continues the distributed run.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -19,51 +18,29 @@ import time
 import pytest
 import torch
 
-from d2align.checkpoint import D2AlignCheckpointer
-from d2align.engine import Trainer, build_config
 from d2align.engine.launcher import launch_from_command_line
-from d2align.testing import ROOT, live_processes, process_gone, register_tiny_shapes
+from d2align.testing import (
+    EXACT_STEP_CONFIG,
+    ROOT,
+    exact_step_opts,
+    exact_step_setup,
+    live_processes,
+    process_gone,
+    read_metrics,
+)
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU processes")
 
-FASTER = "configs/shapes/faster_rcnn_R18_FPN_scratch.yaml"
-SIZE = 64  # px: 1023 anchors per image on P2-P6 with 3 aspect ratios
-
-
-def _opts(data_root, out, weights):
-    return [
-        "MODEL.META_ARCHITECTURE", "ProposalNetwork",
-        "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "1024",
-        "MODEL.RPN.POSITIVE_FRACTION", "1.0",
-        "MODEL.WEIGHTS", str(weights),
-        "D2ALIGN.DATA.TRAIN_JSON", os.path.join(data_root, "annotations", "train.json"),
-        "D2ALIGN.DATA.TRAIN_IMAGES", os.path.join(data_root, "train"),
-        "DATASETS.TEST", "()",
-        "INPUT.RANDOM_FLIP", "none",
-        "INPUT.MIN_SIZE_TRAIN", f"({SIZE},)",
-        "INPUT.MAX_SIZE_TRAIN", str(SIZE),
-        "SOLVER.IMS_PER_BATCH", "4",
-        "SOLVER.BASE_LR", "0.05",
-        "SOLVER.WARMUP_ITERS", "0",
-        "SOLVER.STEPS", "()",
-        "SOLVER.MAX_ITER", "1",
-        "DATALOADER.NUM_WORKERS", "0",
-        "MODEL.DEVICE", "cpu",
-        "OUTPUT_DIR", str(out),
-    ]  # fmt: skip
+FASTER = EXACT_STEP_CONFIG
+_opts = exact_step_opts
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A train split of exactly 4 images (none empty) and the initial weights of both runs."""
     root = tmp_path_factory.mktemp("h14_dist")
-    data = str(root / "data")
-    register_tiny_shapes(data, num_train=4, num_val=1, image_size=SIZE, empty_fraction=0.0)
-    cfg = build_config(os.path.join(ROOT, FASTER), _opts(data, root, "")[:6])
-    torch.manual_seed(0)
-    model = Trainer.build_model(cfg)
-    D2AlignCheckpointer(model, str(root)).save("init")
-    return data, root / "init.pth", model.state_dict()
+    data, init, state = exact_step_setup(root)
+    return data, init, state
 
 
 def _train_net(argv):
@@ -76,9 +53,7 @@ def _train_net(argv):
     return done.stdout + done.stderr
 
 
-def _metrics(out):
-    with open(os.path.join(out, "metrics.json")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+_metrics = read_metrics
 
 
 def _weights(out):

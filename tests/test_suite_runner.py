@@ -209,7 +209,7 @@ def test_threads_per_run_follow_the_cpu_affinity(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "visible_gpus", lambda: [])
 
     def threads(jobs):
-        slots = runner._Scheduler([], jobs, tmp_path, sys.executable, False, print).slots
+        slots = runner.LocalScheduler([], jobs, tmp_path, sys.executable, False, print).slots
         assert all(env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] for env, _ in slots)
         assert all("CUDA_VISIBLE_DEVICES" not in env for env, _ in slots)
         return [env["OMP_NUM_THREADS"] for env, _ in slots]
@@ -262,7 +262,7 @@ def test_an_empty_or_truncated_results_file_is_not_a_finished_run(tmp_path, cont
 def test_a_corrupt_last_checkpoint_fails_that_run_only(tmp_path):
     """One run's `last_checkpoint` holds bytes that are not text: that run is FAILED naming the
     file, the suite goes on (the other run here reuses its results)."""
-    from d2align.suite.runner import _Scheduler
+    from d2align.suite.runner import LocalScheduler
 
     suite = suite_of_configs(
         [ROOT / FASTER, ROOT / "configs/shapes/retinanet_R18_FPN_scratch.yaml"], ROOT
@@ -276,7 +276,7 @@ def test_a_corrupt_last_checkpoint_fails_that_run_only(tmp_path):
     (broken.out_dir / "last_checkpoint").write_bytes(b"\xff\xfe\x00model_0000099.pth\x80")
     _results(other.out_dir)
     lines = []
-    scheduler = _Scheduler([broken, other], 2, ROOT, sys.executable, False, lines.append)
+    scheduler = LocalScheduler([broken, other], 2, ROOT, sys.executable, False, lines.append)
     scheduler.launch_ready()
     assert not scheduler.running and not scheduler.pending
     outcome = scheduler.outcomes[broken.name]

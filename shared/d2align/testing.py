@@ -546,3 +546,62 @@ def live_processes(parent: Optional[int] = None, group: Optional[int] = None) ->
         ):
             found.append(int(entry))
     return found
+
+
+# ----- one SGD step that is equal whatever the number of processes (issues 14 and 25)
+
+EXACT_STEP_CONFIG = "configs/shapes/faster_rcnn_R18_FPN_scratch.yaml"
+EXACT_STEP_SIZE = 64  # px: 1023 anchors per image on P2-P6 with 3 aspect ratios
+
+
+def exact_step_opts(data_root: str, out, weights) -> List[str]:
+    """Overrides of `EXACT_STEP_CONFIG` for one SGD step of detectron2's RPN-only detector
+    (`ProposalNetwork`) with every anchor sampled (RPN.BATCH_SIZE_PER_IMAGE >= anchors per
+    image, POSITIVE_FRACTION 1), no flip, batch 4 in all: its loss is then a deterministic sum
+    over anchors divided by a fixed normaliser, so N processes x batch 4/N equal one process x
+    batch 4 up to float summation order. The first 6 entries are the model's; see
+    `exact_step_setup`."""
+    return [
+        "MODEL.META_ARCHITECTURE", "ProposalNetwork",
+        "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "1024",
+        "MODEL.RPN.POSITIVE_FRACTION", "1.0",
+        "MODEL.WEIGHTS", str(weights),
+        "D2ALIGN.DATA.TRAIN_JSON", os.path.join(data_root, "annotations", "train.json"),
+        "D2ALIGN.DATA.TRAIN_IMAGES", os.path.join(data_root, "train"),
+        "DATASETS.TEST", "()",
+        "INPUT.RANDOM_FLIP", "none",
+        "INPUT.MIN_SIZE_TRAIN", f"({EXACT_STEP_SIZE},)",
+        "INPUT.MAX_SIZE_TRAIN", str(EXACT_STEP_SIZE),
+        "SOLVER.IMS_PER_BATCH", "4",
+        "SOLVER.BASE_LR", "0.05",
+        "SOLVER.WARMUP_ITERS", "0",
+        "SOLVER.STEPS", "()",
+        "SOLVER.MAX_ITER", "1",
+        "DATALOADER.NUM_WORKERS", "0",
+        "MODEL.DEVICE", "cpu",
+        "OUTPUT_DIR", str(out),
+    ]  # fmt: skip
+
+
+def exact_step_setup(root) -> Tuple[str, str, dict]:
+    """A train split of exactly 4 images (none empty) under `root`/data and the initial
+    weights `root`/init.pth of the runs compared; returns (data root, weights, state dict)."""
+    data = os.path.join(str(root), "data")
+    register_tiny_shapes(
+        data, num_train=4, num_val=1, image_size=EXACT_STEP_SIZE, empty_fraction=0.0
+    )
+    cfg = build_config(os.path.join(ROOT, EXACT_STEP_CONFIG), exact_step_opts(data, root, "")[:6])
+    torch.manual_seed(0)
+    model = Trainer.build_model(cfg)
+    from .checkpoint import D2AlignCheckpointer
+
+    D2AlignCheckpointer(model, str(root)).save("init")
+    return data, os.path.join(str(root), "init.pth"), model.state_dict()
+
+
+def read_metrics(out) -> List[dict]:
+    """The records of `out`/metrics.json (detectron2's JSON writer), in order."""
+    import json
+
+    with open(os.path.join(str(out), "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -21,6 +21,7 @@ import logging
 import os
 import time
 import weakref
+from typing import List, Tuple
 
 import torch
 from detectron2.data import (
@@ -194,7 +195,10 @@ class Trainer(DefaultTrainer):
         """Train, then return the results of the last evaluation (detectron2's DefaultTrainer
         returns them only when TEST.EXPECTED_RESULTS is set; `main` needs them to write
         final_results.json)."""
-        super().train()
+        try:
+            super().train()
+        except FloatingPointError as e:  # detectron2: "Loss became infinite or NaN at ..."
+            raise FloatingPointError(f"{e}\n{divergence_hint(self.cfg)}") from e
         return getattr(self, "_last_eval_results", None)
 
     def state_dict(self):
@@ -223,4 +227,42 @@ class Trainer(DefaultTrainer):
         return float(history.median(len(history.values()))) if history else float("nan")
 
 
-__all__ = ["Trainer", "check_num_classes"]
+def _scale_keys(node, prefix: str = "") -> List[Tuple[str, object]]:
+    """(key, value) of every numeric key of `node` that scales a loss (`*LOSS_WEIGHT*`,
+    `*_WEIGHT`, `*_WEIGHTS`, `*BETA*`)."""
+    found = []
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if hasattr(value, "items"):
+            found += _scale_keys(value, name + ".")
+        elif ("WEIGHT" in key or "BETA" in key) and key != "WEIGHTS" and _numeric(value):
+            found.append((name, value))
+    return found
+
+
+def _numeric(value) -> bool:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return bool(values) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+    )
+
+
+def divergence_hint(cfg) -> str:
+    """The keys that set the size of a step and of the losses, with their values, for the
+    message of a training whose loss became infinite or NaN."""
+    lines = [
+        f"SOLVER.BASE_LR={cfg.SOLVER.BASE_LR}",
+        f"SOLVER.WARMUP_ITERS={cfg.SOLVER.WARMUP_ITERS}",
+        f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH}",
+        f"MODEL.PIXEL_STD={list(cfg.MODEL.PIXEL_STD)}",
+    ]
+    lines += [f"{k}={v}" for k, v in _scale_keys(cfg.MODEL, "MODEL.")]
+    return (
+        "The training diverged. The keys that set the step size and the losses' scale: "
+        + ", ".join(lines)
+        + ". A learning rate or loss weight too large for this model and batch, or a tiny "
+        "PIXEL_STD, is the usual cause; lower it, or raise SOLVER.WARMUP_ITERS."
+    )
+
+
+__all__ = ["Trainer", "check_num_classes", "divergence_hint"]

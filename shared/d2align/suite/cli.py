@@ -77,6 +77,41 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "--poll", type=_positive_seconds, default=30.0, help="seconds between progress lines"
     )
     parser.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: processes on this machine (--jobs at a time); slurm: one SLURM job per "
+        "run through submitit (the suite file's `launcher:` section and the --slurm-* options)",
+    )
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="(slurm) submit what is needed and return; the same command later follows the "
+        "jobs still running and writes the table",
+    )
+    slurm = parser.add_argument_group("SLURM (with --launcher slurm; over the suite's launcher:)")
+    slurm.add_argument("--slurm-partition", help="partition of the jobs")
+    slurm.add_argument("--slurm-time", type=int, metavar="MIN", help="time limit of a job")
+    slurm.add_argument(
+        "--slurm-gpus-per-run", type=int, metavar="N", help="GPUs on each node (--num-gpus)"
+    )
+    slurm.add_argument("--slurm-cpus-per-run", type=int, metavar="N", help="CPUs of each task")
+    slurm.add_argument("--slurm-mem-gb", type=float, metavar="GB", help="memory of each node")
+    slurm.add_argument("--slurm-nodes-per-run", type=int, metavar="N", help="nodes of one training")
+    slurm.add_argument(
+        "--slurm-tasks-per-node",
+        type=int,
+        metavar="N",
+        help="machines of one training on each node (default 1)",
+    )
+    slurm.add_argument(
+        "--slurm-sbatch",
+        action="append",
+        metavar="FLAG",
+        help="an extra sbatch flag, e.g. --slurm-sbatch=--account=vision (repeatable)",
+    )
+    slurm.add_argument("--slurm-log-dir", type=Path, help="submitit's folder (default <out>/slurm)")
+    parser.add_argument(
         "--opts",
         nargs=argparse.REMAINDER,
         default=[],
@@ -89,7 +124,34 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error(f"--seeds must not repeat a seed, got {args.seeds}")
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    given = [k for k, v in vars(args).items() if k.startswith("slurm_") and v is not None]
+    if args.launcher != "slurm" and (given or args.detach):
+        shown = ", ".join("--" + k.replace("_", "-") for k in given + ["detach"] * args.detach)
+        parser.error(f"{shown} only apply with --launcher slurm")
     return args
+
+
+def slurm_options(args: argparse.Namespace, suite: Suite, out: Path):
+    """The suite file's `launcher:` settings with the --slurm-* options over them, and
+    submitit's folder."""
+    from .slurm_options import SlurmOptions
+
+    try:
+        options = (suite.launcher or SlurmOptions()).with_overrides(
+            partition=args.slurm_partition,
+            time_min=args.slurm_time,
+            gpus_per_run=args.slurm_gpus_per_run,
+            cpus_per_run=args.slurm_cpus_per_run,
+            mem_gb=args.slurm_mem_gb,
+            nodes_per_run=args.slurm_nodes_per_run,
+            tasks_per_node=args.slurm_tasks_per_node,
+            sbatch=tuple(args.slurm_sbatch) if args.slurm_sbatch else None,
+            log_dir=args.slurm_log_dir,
+        )
+    except ValueError as e:
+        raise SystemExit(f"[suite] {e}")
+    folder = options.log_dir or out / "slurm"
+    return options, folder if folder.is_absolute() else Path.cwd() / folder
 
 
 def _machine() -> str:
@@ -296,6 +358,21 @@ def main(argv: Optional[Sequence[str]] = None, root: Optional[Path] = None) -> i
         runs = [r for label in planned for r in planned[label]]
         quick = quick_label([r.max_iter for r in runs]) if args.quick else ""
         header = f"[suite] {suite.name}: {len(runs)} run(s), {jobs} at a time -> {out}"
+        made = []  # the scheduler, for what --detach left in flight
+        factory = None  # local
+        if args.launcher == "slurm":
+            from .slurm import SlurmScheduler
+
+            options, folder = slurm_options(args, suite, out)
+            header = (
+                f"[suite] {suite.name}: {len(runs)} run(s) as SLURM jobs -> {out} "
+                f"(job logs: {folder})"
+            )
+
+            def factory(*a):  # noqa: F811
+                made.append(SlurmScheduler(*a, options=options, folder=folder))
+                return made[-1]
+
         print(header + (f"\n[suite] {quick}" if quick else ""), flush=True)
         try:
             outcomes = execute(
@@ -305,6 +382,8 @@ def main(argv: Optional[Sequence[str]] = None, root: Optional[Path] = None) -> i
                 retrain=args.retrain,
                 poll_s=args.poll,
                 echo=lambda s: print(s, flush=True),
+                scheduler=factory,
+                detach=args.detach,
             )
         except ValueError as e:
             raise SystemExit(f"[suite] {e}")
@@ -316,6 +395,14 @@ def main(argv: Optional[Sequence[str]] = None, root: Optional[Path] = None) -> i
                 flush=True,
             )
             return 143 if isinstance(e, SuiteStopped) else 130
+        if made and made[0].busy:  # --detach: jobs still in SLURM
+            print(
+                f"[suite] detached; SLURM jobs in flight:\n{made[0].describe_in_flight()}\n"
+                "[suite] run the same command (without --detach) to wait for them and write "
+                "the table; with --detach again it only reports.",
+                flush=True,
+            )
+            return 0
         text = report(suite, planned, outcomes, seeds, out, quick, time.time() - start)
         print(text)
         print(f"[suite] table, JSON and figures in {out}", flush=True)

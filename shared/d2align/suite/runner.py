@@ -32,7 +32,16 @@ from ..system import die_with_parent, job_slots, usable_cpu_set, visible_gpus
 from .progress import format_seconds, overall_eta, read_progress
 from .runs import STAMP_FILE, Run, read_results
 
-__all__ = ["Outcome", "SuiteStopped", "execute", "finished", "preflight"]
+__all__ = [
+    "LocalScheduler",
+    "Outcome",
+    "Scheduler",
+    "SuiteStopped",
+    "execute",
+    "finished",
+    "preflight",
+    "write_stamp",
+]
 
 SUMMARY_FILE = "suite_summary.json"
 RUN_LOCK = "suite_run.lock"
@@ -182,24 +191,17 @@ def _terminate(children: List[_Child], grace_s: float) -> None:
         child.lock.release()
 
 
-class _Scheduler:
-    """The state of one `execute` call."""
+class Scheduler:
+    """The state of one `execute` call, whatever starts the processes: which runs are reused,
+    pending, waiting or finished, and the preparation every launch shares (the resume
+    decision, stale files, the run's stamp). Subclasses start, watch and stop the processes:
+    `LocalScheduler` here, `d2align.suite.slurm.SlurmScheduler` on a SLURM cluster."""
 
-    def __init__(self, runs, jobs, root, python, retrain, echo):
-        self.jobs, self.root, self.python, self.retrain, self.echo = (
-            jobs,
-            root,
-            python,
-            retrain,
-            echo,
-        )
-        # each concurrent run its share of the cores and of the GPUs (CUDA_VISIBLE_DEVICES)
-        self.slots = job_slots(jobs, usable_cpu_set(), visible_gpus())
+    def __init__(self, runs, root, python, retrain, echo):
+        self.root, self.python, self.retrain, self.echo = root, python, retrain, echo
         self.outcomes: Dict[str, Outcome] = {}
         self.pending: List[Run] = []
-        self.running: List[_Child] = []
         self.waiting: Dict[str, str] = {}  # run name -> why it waits
-        self.s_per_iter: Dict[str, float] = {}
         self.start = time.time()
         for run in runs:
             if finished(run) and not retrain:
@@ -207,12 +209,43 @@ class _Scheduler:
             else:
                 self.pending.append(run)
 
+    # --- what a subclass provides
+    def has_room(self) -> bool:
+        """Whether another run may start now."""
+        raise NotImplementedError
+
+    def source_in_flight(self, name: str) -> bool:
+        """Whether the run `name` has been started and not finished (an evaluation of its
+        model may then be handed over ahead of time, as a SLURM dependency does)."""
+        return False
+
+    def start_run(self, run: Run, lock: DirLock, resume: bool, resumed_from) -> None:
+        raise NotImplementedError
+
+    def reap(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def busy(self) -> bool:
+        """Whether runs are in flight."""
+        raise NotImplementedError
+
+    def stop_all(self, grace_s: float) -> None:
+        """Stop every run in flight (Ctrl-C, SIGTERM or an error in the suite)."""
+        raise NotImplementedError
+
+    def status_line(self) -> str:
+        raise NotImplementedError
+
+    # --- shared
     def _ready(self, run: Run) -> bool:
         """Whether `run` may start now (records why not in `waiting`, or skips it)."""
         if run.weights_from is None:
             return True
         source = self.outcomes.get(run.weights_from)
         if source is None:
+            if self.source_in_flight(run.weights_from):
+                return True
             self.waiting[run.name] = f"waiting for {run.weights_from}"
             return False
         if not source.ok:
@@ -225,7 +258,7 @@ class _Scheduler:
 
     def launch_ready(self) -> None:
         for run in list(self.pending):
-            if len(self.running) >= self.jobs:
+            if not self.has_room():
                 return
             if not self._ready(run):
                 continue
@@ -259,10 +292,73 @@ class _Scheduler:
         stale = [run.results_file, run.out_dir / SUMMARY_FILE]
         for path in stale + ([checkpoint] if self.retrain else []):
             path.unlink(missing_ok=True)
-        stamp = run.stamp(self.root)
-        if run.weights_file is not None:  # which model it evaluates (see `finished`)
-            stamp["weights_sha256"] = file_digest(run.weights_file)
-        atomic_write_text(run.out_dir / STAMP_FILE, json.dumps(stamp, indent=2))
+        write_stamp(run, self.root)
+        self.start_run(run, lock, resume, resumed_from)
+
+    def record_exit(
+        self, run: Run, code, seconds, resumed_from, why_failed: str = "", extra_tail: str = ""
+    ) -> None:
+        """Record how a started run ended: "done" when it exited 0 with its results, else
+        "failed" with `why_failed` (or its exit code) and the tail of its log (and
+        `extra_tail`: other logs, e.g. a SLURM job's stderr)."""
+        if code == 0 and finished(run):
+            self.outcomes[run.name] = Outcome(
+                "done", code, seconds=seconds, resumed_from=resumed_from
+            )
+            self.echo(f"[suite] {run.name}: done in {seconds:.0f} s")
+            return
+        no_results = f"exit 0 but no {run.results_file.name}"
+        reason = why_failed or (f"exit {code}" if code else no_results)
+        tail = "\n".join(t for t in (_tail(run.log_file), extra_tail) if t)
+        self.outcomes[run.name] = Outcome("failed", code, tail, seconds, resumed_from, reason)
+        shown = "\n".join("    " + line for line in tail.splitlines()[-8:])
+        self.echo(f"[suite] {run.name}: FAILED ({reason}); log {run.log_file}:\n{shown}")
+
+    def overall(
+        self, remaining: List[Optional[float]], s_per_iter: Dict[str, float], slots: int
+    ) -> str:
+        """The overall ETA part of a progress line: `remaining` seconds of the runs in flight,
+        the pending ones estimated at the mean measured s/iter."""
+        rate = statistics.fmean(s_per_iter.values()) if s_per_iter else None
+        estimates = [
+            None if rate is None or r.eval_only else rate * r.max_iter for r in self.pending
+        ]
+        eta = overall_eta(remaining, estimates, slots)
+        bound = "" if None not in remaining + estimates else ">= "
+        shown = "?" if not eta and bound else bound + format_seconds(eta)  # "?": none measured
+        todo = f"{len(self.pending)} pending, " if self.pending else ""
+        return f"overall ETA {shown} ({todo}{len(remaining)} running)"
+
+
+def write_stamp(run: Run, root: Path) -> None:
+    """Record in the run's folder what it runs (`Run.stamp`) and, for an evaluation, which
+    model it evaluates (see `finished`); a SLURM job writes it again when the model exists."""
+    stamp = run.stamp(root)
+    if run.weights_file is not None:
+        stamp["weights_sha256"] = file_digest(run.weights_file)
+    atomic_write_text(run.out_dir / STAMP_FILE, json.dumps(stamp, indent=2))
+
+
+class LocalScheduler(Scheduler):
+    """Runs the processes on this machine, `jobs` at a time, each pinned to its share of the
+    cores and GPUs."""
+
+    def __init__(self, runs, jobs, root, python, retrain, echo):
+        super().__init__(runs, root, python, retrain, echo)
+        self.jobs = jobs
+        # each concurrent run its share of the cores and of the GPUs (CUDA_VISIBLE_DEVICES)
+        self.slots = job_slots(jobs, usable_cpu_set(), visible_gpus())
+        self.running: List[_Child] = []
+        self.s_per_iter: Dict[str, float] = {}
+
+    def has_room(self) -> bool:
+        return len(self.running) < self.jobs
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.running)
+
+    def start_run(self, run: Run, lock: DirLock, resume: bool, resumed_from) -> None:
         cmd = run.command(self.python, self.root, resume=resume)
         log = open(run.log_file, "a" if resume else "w")
         slot = min(set(range(self.jobs)) - {c.slot for c in self.running})
@@ -300,21 +396,13 @@ class _Scheduler:
             self.running.remove(child)
             child.log.close()
             child.lock.release()
-            run, code = child.run, child.proc.returncode
             seconds = time.time() - child.start
-            if code == 0 and finished(run):
-                self.outcomes[run.name] = Outcome(
-                    "done", code, seconds=seconds, resumed_from=child.resumed_from
-                )
-                self.echo(f"[suite] {run.name}: done in {seconds:.0f} s")
-                continue
-            reason = f"exit {code}" if code else f"exit 0 but no {run.results_file.name}"
-            tail = _tail(run.log_file)
-            self.outcomes[run.name] = Outcome(
-                "failed", code, tail, seconds, child.resumed_from, reason
-            )
-            shown = "\n".join("    " + line for line in tail.splitlines()[-8:])
-            self.echo(f"[suite] {run.name}: FAILED ({reason}); log {run.log_file}:\n{shown}")
+            self.record_exit(child.run, child.proc.returncode, seconds, child.resumed_from)
+
+    def stop_all(self, grace_s: float) -> None:
+        self.echo(f"[suite] terminating {len(self.running)} training(s)")
+        _terminate(self.running, grace_s)
+        self.running = []
 
     def status_line(self) -> str:
         parts, remaining = [], []
@@ -328,15 +416,7 @@ class _Scheduler:
                 )
             remaining.append(left)
         parts += [f"{name}: {why}" for name, why in self.waiting.items()]
-        rate = statistics.fmean(self.s_per_iter.values()) if self.s_per_iter else None
-        estimates = [
-            None if rate is None or r.eval_only else rate * r.max_iter for r in self.pending
-        ]
-        eta = overall_eta(remaining, estimates, self.jobs)
-        bound = "" if None not in remaining + estimates else ">= "
-        shown = "?" if not eta and bound else bound + format_seconds(eta)  # "?": none measured
-        todo = f"{len(self.pending)} pending, " if self.pending else ""
-        parts.append(f"overall ETA {shown} ({todo}{len(self.running)} running)")
+        parts.append(self.overall(remaining, self.s_per_iter, self.jobs))
         return f"[suite {format_seconds(time.time() - self.start)}] " + " | ".join(parts)
 
 
@@ -349,14 +429,17 @@ def execute(
     poll_s: float = 30.0,
     echo: Callable[[str], None] = print,
     grace_s: float = 10.0,
+    scheduler: Optional[Callable[..., Scheduler]] = None,
+    detach: bool = False,
 ) -> Dict[str, Outcome]:
-    """Run what `runs` still need, `jobs` at a time, each pinned to its share of the cores
-    ((CPU cores // jobs) threads) and of the GPUs (`d2align.system.job_slots`).
+    """Run what `runs` still need: on this machine `jobs` at a time, each pinned to its share
+    of the cores ((CPU cores // jobs) threads) and of the GPUs (`d2align.system.job_slots`),
+    or through another `scheduler` (`d2align.suite.slurm.SlurmScheduler`).
 
     Args:
         runs: the runs, in the order they start (an evaluation waits for the run whose model
             it evaluates).
-        jobs: processes at once.
+        jobs: processes at once (local).
         root: the checkout (the processes' working directory).
         python: the interpreter of the trainings.
         retrain: train finished runs again, from scratch.
@@ -364,33 +447,42 @@ def execute(
             iteration and ETA, and the overall ETA).
         echo: where the progress goes.
         grace_s: seconds the trainings get to exit after SIGTERM before SIGKILL.
+        scheduler: `f(runs, root, python, retrain, echo) -> Scheduler`; None: `LocalScheduler`.
+        detach: start what is needed and return without waiting (runs still in flight have
+            no outcome); only for schedulers whose runs outlive this process (SLURM).
 
     Returns:
-        {run name: Outcome} for every run.
+        {run name: Outcome} for every run that finished, was reused, failed or was skipped.
 
     Raises:
-        KeyboardInterrupt, SuiteStopped, or any exception of the loop: after every training
-        has been terminated.
+        KeyboardInterrupt, SuiteStopped, or any exception of the loop: after every run in
+        flight has been stopped.
     """
     preflight(runs, root, retrain)
-    state = _Scheduler(list(runs), max(1, jobs), root, python, retrain, echo)
+    if scheduler is None:
+        state: Scheduler = LocalScheduler(list(runs), max(1, jobs), root, python, retrain, echo)
+    else:
+        state = scheduler(list(runs), root, python, retrain, echo)
     last_line = time.time()
+    done = False
     try:
         with _stop_on_signals():
-            while state.pending or state.running:
+            while state.pending or state.busy:
                 state.launch_ready()
+                if detach and not state.pending:
+                    break
                 time.sleep(min(0.25, poll_s))
                 state.reap()
-                if time.time() - last_line >= poll_s and (state.running or state.pending):
+                if time.time() - last_line >= poll_s and (state.busy or state.pending):
                     echo(state.status_line())
                     last_line = time.time()
+        done = True
     finally:
-        if state.running:
-            echo(f"[suite] terminating {len(state.running)} training(s)")
-            # a second Ctrl-C / SIGTERM waits until every training is gone
+        if state.busy and not (detach and done):
+            # a second Ctrl-C / SIGTERM waits until every run in flight is stopped
             old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
             try:
-                _terminate(state.running, grace_s)
+                state.stop_all(grace_s)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     return state.outcomes

@@ -83,14 +83,17 @@ class Run:
     def log_file(self) -> Path:
         return self.out_dir / LOG_FILE
 
-    def command(self, python: str, root: Path, resume: bool = False) -> List[str]:
-        """The command line of the run's `train_net.py`."""
+    def command(
+        self, python: str, root: Path, resume: bool = False, launch_args: Sequence[str] = ()
+    ) -> List[str]:
+        """The command line of the run's `train_net.py`; `launch_args` (`--num-gpus`,
+        `--num-machines`, `--machine-rank`, `--dist-url`) go before the overrides."""
         cmd = [python, str(train_script_for(self.config, root)), "--config-file", str(self.config)]
         if self.eval_only:
             cmd.append("--eval-only")
         elif resume:
             cmd.append("--resume")
-        return cmd + list(self.opts)
+        return cmd + list(launch_args) + list(self.opts)
 
     def stamp(self, root: Path) -> dict:
         """What the run is: its config and opts, with paths inside the checkout relative to it

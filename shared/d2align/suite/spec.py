@@ -19,6 +19,11 @@ A suite file holds::
         weights_from: IoU-Net      # optional: evaluate (--eval-only) that run's final model
     seed_spread:                   # optional: measured AP of one config over seeds, cited
       - {label: RetinaNet, seeds: [42, 1], AP: [19.1, 12.5], source: README.md}
+    launcher:                      # optional: what each run's job asks of SLURM with
+      partition: learnfair         # `--launcher slurm` (keys: `d2align.suite.slurm_options`;
+      gpus_per_run: 8              # the `--slurm-*` options override them)
+      cpus_per_run: 80
+      time_min: 2880
 
 Every mistake is refused with a `ValueError` that names the file and the entry, e.g.
 ``configs/suites/x.yaml: runs[2] (label 'IoU-Net'): unknown key 'opt' (allowed: ...)``.
@@ -30,9 +35,11 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import yaml
 
+from .slurm_options import SlurmOptions, options_from_mapping
+
 __all__ = ["RunEntry", "SeedSpread", "Suite", "load_suite", "suite_file", "suite_of_configs"]
 
-SUITE_KEYS = ("name", "description", "jobs", "seeds", "opts", "runs", "seed_spread")
+SUITE_KEYS = ("name", "description", "jobs", "seeds", "opts", "runs", "seed_spread", "launcher")
 RUN_KEYS = ("config", "label", "baseline", "opts", "weights_from")
 SPREAD_KEYS = ("label", "seeds", "AP", "source")
 
@@ -80,6 +87,7 @@ class Suite:
     description: str = ""
     seed_spread: Tuple[SeedSpread, ...] = ()
     source: Optional[Path] = None
+    launcher: Optional["SlurmOptions"] = None
 
     def entry(self, label: str) -> RunEntry:
         return next(e for e in self.runs if e.label == label)
@@ -235,6 +243,14 @@ def parse_suite(data: Any, root: Path, where_file: str, source: Optional[Path] =
     jobs = data.get("jobs", 1)
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         _fail(where_file, f"jobs must be an integer >= 1, got {jobs!r}")
+    launcher = data.get("launcher")
+    if launcher is not None:
+        if not isinstance(launcher, dict):
+            _fail(where_file, f"launcher must be a mapping of SLURM settings, got {launcher!r}")
+        try:
+            launcher = options_from_mapping(launcher, where_file)
+        except ValueError as e:
+            raise ValueError(str(e)) from None
     spreads = data.get("seed_spread") or []
     if not isinstance(spreads, list):
         _fail(where_file, f"seed_spread must be a list, got {spreads!r}")
@@ -247,6 +263,7 @@ def parse_suite(data: Any, root: Path, where_file: str, source: Optional[Path] =
         description=str(data.get("description") or "").strip(),
         seed_spread=tuple(_spread(r, i, where_file) for i, r in enumerate(spreads)),
         source=source,
+        launcher=launcher,
     )
 
 
