@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,7 +109,10 @@ def test_empty_test_set_is_reported_and_no_nan_is_written(no_gt_data, tmp_path, 
 
     payload = json.loads(text, parse_constant=refuse)
     assert payload["results"]["bbox"]["AP"] is None and payload["results"]["bbox"]["AP90"] is None
-    assert payload["notes"] == ["bbox AP is null: the test set has no ground-truth annotation"]
+    assert payload["notes"] == [
+        "bbox AP is null: the test set has no ground-truth annotation (none, or only crowd "
+        "regions)"
+    ]
     assert payload["speed"]["train_s_per_iter"] is None  # an evaluation has no training time
     warned = [r.getMessage() for r in caplog.records if "no ground-truth" in r.getMessage()]
     assert warned and "'d2align_h14_no_gt_val'" in warned[0] and "2 images" in warned[0]
@@ -185,3 +189,29 @@ def test_resume_without_trainer_state(tiny_data, tmp_path, monkeypatch, caplog, 
     assert any("no optimizer state" in r.getMessage() for r in caplog.records)
     for key, value in trainer.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value)
+
+
+def test_a_test_set_of_crowd_regions_only_is_reported_as_such(tiny_data, tmp_path, caplog):
+    """Every test annotation is a crowd region: COCOeval ignores them, so there is nothing to
+    score. Before, the evaluator counted them as ground truth ("No predictions: every AP column
+    is reported as 0" for an untrained model, NaN without a word otherwise); now the warning
+    says the set holds only crowd regions and the AP columns are null with the note."""
+    from detectron2.data import MetadataCatalog
+
+    from d2align.data.datasets import register_coco_instances_checked
+
+    meta = MetadataCatalog.get(tiny_data[1])
+    data = json.loads(Path(meta.json_file).read_text())
+    assert data["annotations"]
+    for ann in data["annotations"]:
+        ann["iscrowd"] = 1
+    crowd_json = tmp_path / "crowd_val.json"
+    crowd_json.write_text(json.dumps(data))
+    register_coco_instances_checked("d2align_h26_crowd_val", str(crowd_json), meta.image_root)
+    caplog.set_level(logging.WARNING, logger="d2align")
+    main(_args((tiny_data[0], "d2align_h26_crowd_val"), tmp_path, eval_only=True))
+    payload = json.loads((tmp_path / "final_results.json").read_text())
+    assert payload["results"]["bbox"]["AP"] is None and payload["results"]["bbox"]["AP50"] is None
+    assert "only crowd regions" in payload["notes"][0]
+    warned = [r.getMessage() for r in caplog.records if "crowd regions" in r.getMessage()]
+    assert warned and f"{len(data['annotations'])} annotation(s), all iscrowd 1" in warned[0]

@@ -177,7 +177,8 @@ def write_final_results(
     payload["speed"] = dict(results.get("speed", {}), train_s_per_iter=train_s_per_iter)
     payload = _finite_or_none(payload)
     notes = [
-        f"{task} AP is null: the test set has no ground-truth annotation"
+        f"{task} AP is null: the test set has no ground-truth annotation (none, or only "
+        "crowd regions)"
         for task, values in payload["results"].items()
         if task != "speed" and isinstance(values, dict) and values.get("AP", 0) is None
     ]

@@ -64,16 +64,25 @@ class D2AlignCOCOEvaluator(COCOEvaluator):
         self._dataset_name = dataset_name
 
     def has_ground_truth(self) -> bool:
-        """Whether the dataset has at least one ground-truth annotation."""
-        return len(self._coco_api.getAnnIds()) > 0
+        """Whether the dataset has at least one ground-truth annotation that is not a crowd
+        region (COCOeval ignores crowd regions: they neither count as objects nor penalise
+        detections)."""
+        return len(self._coco_api.getAnnIds(iscrowd=False)) > 0
 
     def evaluate(self, img_ids=None):
         if not self.has_ground_truth():
+            crowd = len(self._coco_api.getAnnIds())
+            what = (
+                f"only crowd regions ({crowd} annotation(s), all iscrowd 1, which COCO "
+                "evaluation ignores)"
+                if crowd
+                else "no ground-truth annotation"
+            )
             logger.warning(
-                f"Test set '{self._dataset_name}' ({self._metadata.get('json_file', '?')}) has no "
-                f"ground-truth annotation in its {len(self._coco_api.getImgIds())} images: AP "
-                "is undefined there (NaN in the table below, null in final_results.json). "
-                "Evaluate on a split with annotations."
+                f"Test set '{self._dataset_name}' ({self._metadata.get('json_file', '?')}) has "
+                f"{what} in its {len(self._coco_api.getImgIds())} images: there is no "
+                "ground truth to score, so AP is undefined there (NaN in the table below, null "
+                "in final_results.json). Evaluate on a split with annotations."
             )
         return super().evaluate(img_ids)
 
