@@ -116,6 +116,21 @@ def test_exif_rotated_jpeg_uses_the_oriented_size(tmp_path):
     assert "is 40x50 pixels" in image_file_problem(str(path), W, H)
 
 
+def test_exif_rotated_png_uses_the_oriented_size_as_detectron2_reads_it(tmp_path):
+    # A PNG's eXIf chunk is applied by detectron2's read_image as a JPEG's EXIF is: a 50x40
+    # PNG with orientation 6 is read as 40x50. The check used to ignore it for PNGs and so
+    # refused the right annotation size and accepted the wrong one.
+    from detectron2.data.detection_utils import read_image
+
+    path = tmp_path / "rot.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((H, W, 3), dtype=np.uint8)).save(path, exif=exif)
+    assert read_image(str(path)).shape[:2] == (W, H)  # detectron2: W rows, H columns
+    assert image_file_problem(str(path), H, W) is None
+    assert "is 40x50 pixels" in image_file_problem(str(path), W, H)
+
+
 def test_embedded_cache_regenerates_a_corrupted_split(tmp_path, caplog):
     spec = ShapesSpec(image_size=64, num_train=3, num_val=2, object_size=(8.0, 48.0))
     root = str(tmp_path / "shapes")

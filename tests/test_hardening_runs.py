@@ -215,3 +215,18 @@ def test_a_test_set_of_crowd_regions_only_is_reported_as_such(tiny_data, tmp_pat
     assert "only crowd regions" in payload["notes"][0]
     warned = [r.getMessage() for r in caplog.records if "crowd regions" in r.getMessage()]
     assert warned and f"{len(data['annotations'])} annotation(s), all iscrowd 1" in warned[0]
+
+
+@pytest.mark.parametrize("seed, warned", [(-1, True), (0, False), (42, False)])
+def test_a_negative_seed_is_named_as_a_random_seed(tiny_data, tmp_path, caplog, seed, warned):
+    """detectron2 reads SEED < 0 as "draw a random seed": the run is not repeatable. That is
+    said in a warning naming the key, rather than left silent."""
+    caplog.set_level(logging.WARNING, logger="d2align")
+    cfg = load_config(
+        os.path.join(ROOT, FASTER), _args(tiny_data, tmp_path, "SEED", str(seed)).opts
+    )
+    assert cfg.SEED == seed
+    messages = [r.getMessage() for r in caplog.records if "SEED = " in r.getMessage()]
+    assert bool(messages) == warned
+    if warned:
+        assert messages[0].startswith(f"SEED = {seed}: a negative seed") and "random" in messages[0]

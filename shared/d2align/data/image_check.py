@@ -37,6 +37,20 @@ _WIDE_MODES = {
 }
 
 
+def _orientation(img: Image.Image, fmt: str) -> Optional[int]:
+    """The EXIF orientation detectron2's `read_image` applies, read from the header only:
+    JPEG's EXIF segment, or a PNG's eXIf chunk placed before the image data (where Pillow and
+    other writers put it; PIL would decode the whole PNG to find one after IDAT)."""
+    if fmt in _EXIF_FORMATS:
+        return img.getexif().get(_EXIF_ORIENTATION)
+    raw = img.info.get("exif") if fmt == "PNG" else None
+    if not raw:
+        return None
+    exif = Image.Exif()
+    exif.load(raw)
+    return exif.get(_EXIF_ORIENTATION)
+
+
 def image_file_problem(path: str, width: int, height: int) -> Optional[str]:
     """What is wrong with the image file at `path`, or None if it looks complete and has the
     expected size.
@@ -60,8 +74,7 @@ def image_file_problem(path: str, width: int, height: int) -> Optional[str]:
     try:
         with Image.open(path) as img:
             fmt, (w, h), mode = img.format, img.size, img.mode
-            # JPEG's EXIF sits in the header; PIL decodes a whole PNG to look for one
-            orientation = img.getexif().get(_EXIF_ORIENTATION) if fmt in _EXIF_FORMATS else None
+            orientation = _orientation(img, fmt)
     except Image.DecompressionBombError as e:  # a header claiming e.g. 30000 x 30000 pixels
         return f"claims more pixels than PIL decodes safely ({e})"
     except (UnidentifiedImageError, OSError, ValueError) as e:

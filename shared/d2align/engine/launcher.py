@@ -123,6 +123,12 @@ def load_config(
     if os.path.exists(cfg.OUTPUT_DIR) and not os.path.isdir(cfg.OUTPUT_DIR):
         raise ValueError(f"OUTPUT_DIR = {cfg.OUTPUT_DIR!r}: is a file, not a folder")
     check_common_config(cfg)
+    if cfg.SEED < 0:
+        logger.warning(
+            f"SEED = {cfg.SEED}: a negative seed makes detectron2 draw a random one for this run "
+            "(logged as 'Using a generated random seed ...'), so it cannot be repeated; set "
+            "SEED >= 0 for a reproducible run."
+        )
     register_data_from_config(cfg)
     cfg.freeze()
     return cfg
