@@ -225,7 +225,12 @@ def test_scancel_of_one_job_is_a_failed_row_and_the_other_completes(cluster, tmp
     assert "FAILED (SLURM job" in log
 
 
-def test_a_requeued_job_resumes_from_its_checkpoint(cluster, tmp_path):
+@pytest.mark.parametrize("how", ["scontrol requeue", "preemption signal"])
+def test_a_requeued_job_resumes_from_its_checkpoint(cluster, tmp_path, how):
+    """`scontrol requeue` (an administrator, or a preemption by requeue), or the signal SLURM
+    sends before a preemption or the time limit (submitit's USR2: `TrainingJob` is
+    Checkpointable, submitit requeues it): the job starts again and resumes from the run's
+    last checkpoint, ending at the iteration count of an uninterrupted run."""
     max_iter, period = 60, 10
     runs = [
         {
@@ -238,7 +243,10 @@ def test_a_requeued_job_resumes_from_its_checkpoint(cluster, tmp_path):
     run_dir = folders["requeued"]
     job_id = _job_record(run_dir)["job_id"]
     _wait_for(lambda: (run_dir / "model_0000019.pth").exists(), "a checkpoint", cluster=cluster)
-    cluster.run("scontrol", "requeue", job_id)
+    if how == "scontrol requeue":
+        cluster.run("scontrol", "requeue", job_id)
+    else:  # to the job's steps, where submitit's handler runs (as --signal=USR2@90 does)
+        cluster.run("scancel", "--signal=USR2", job_id)
     code, log = _finish(proc)
     assert code == 0, log[-3000:]
     train_log = (run_dir / "train_log.txt").read_text()
@@ -252,6 +260,9 @@ def test_a_requeued_job_resumes_from_its_checkpoint(cluster, tmp_path):
     iterations = [m["iteration"] for m in read_metrics(run_dir) if "total_loss" in m]
     assert iterations[-1] == max_iter - 1  # as an uninterrupted run ends
     assert _rows(out)["requeued"]["status"] == "ok"
+    if how == "preemption signal":
+        job_log = (out / "slurm" / f"{job_id}_0_log.err").read_text()
+        assert "Caught signal SIGUSR2" in job_log and "preempted" in job_log, job_log[-2000:]
 
 
 def test_sigterm_to_compare_cancels_every_job(cluster, tmp_path):
