@@ -9,8 +9,10 @@ import pytest
 import torch
 from detectron2.engine import HookBase
 from detectron2.modeling import build_model
+from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 from detectron2.utils.events import EventStorage
 
+from d2align.config import check_common_config
 from d2align.engine import build_config
 from d2align.projects.offset_bin import OffsetBinOutputLayers, add_offset_bin_config
 from d2align.testing import (  # noqa: F401 (one_thread: a fixture)
@@ -37,12 +39,13 @@ def _fixed_batch():
     return noise_batch(TWO_OBJECTS, NO_OBJECT)
 
 
-def _seeded_model(config, sharp_bins=False):
-    """The tiny model of `config` with seeded random weights; `sharp_bins`: bin logits of
-    std about 1 instead of the near-uniform initial ones, so that the decoded boxes (and the
-    later stages' targets) depend on them."""
+def _seeded_model(config, sharp_bins=False, opts=()):
+    """The tiny model of `config` (and `opts`) with seeded random weights; `sharp_bins`: bin
+    logits of std about 1 instead of the near-uniform initial ones, so that the decoded boxes
+    (and the later stages' targets) depend on them."""
     torch.manual_seed(0)
-    model = build_model(build_config(os.path.join(ROOT, config), TINY, [add_offset_bin_config]))
+    cfg = build_config(os.path.join(ROOT, config), TINY + list(opts), [add_offset_bin_config])
+    model = build_model(cfg)
     if sharp_bins:
         predictors = model.roi_heads.box_predictor
         for predictor in (
@@ -113,6 +116,49 @@ def test_seeded_losses_and_detections_regression(config):
         assert len(out) == num
         assert out.scores.sum().item() == pytest.approx(scores, rel=1e-4)
         assert out.pred_boxes.tensor.sum().item() == pytest.approx(coords, rel=1e-4)
+
+
+BINS_AT_STAGE_1_ONLY = [
+    "MODEL.ROI_BOX_CASCADE_HEAD.PREDICTORS",
+    "['OffsetBinOutputLayers', 'FastRCNNOutputLayers']",
+]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_bins_at_one_cascade_stage_only():
+    """`MODEL.ROI_BOX_CASCADE_HEAD.PREDICTORS` gives each stage its own predictor: bins at
+    stage 1, detectron2's regression at stage 2. Stage 1 is then exactly the all-bins
+    cascade's (the same seeded weights, built first; the same sampled RoIs: the same losses),
+    stage 2 trains a regression loss on the boxes stage 1 decoded."""
+    mixed = _seeded_model(CASCADE, opts=BINS_AT_STAGE_1_ONLY)
+    predictors = mixed.roi_heads.box_predictor
+    assert [type(p) for p in predictors] == [OffsetBinOutputLayers, FastRCNNOutputLayers]
+    assert predictors[1].box2box_transform.weights == (20.0, 20.0, 10.0, 10.0)
+    assert predictors[1].bbox_pred.out_features == 4  # class-agnostic deltas, not bins
+    losses = {}
+    for name, model in (("mixed", mixed), ("bins", _seeded_model(CASCADE))):
+        torch.manual_seed(1)  # proposal sampling
+        with EventStorage():
+            losses[name] = {k: v.item() for k, v in model(_fixed_batch()).items()}
+    assert set(losses["mixed"]) == set(losses["bins"]) == set(EXPECTED_LOSSES[CASCADE])
+    for key in ("loss_cls_stage0", "loss_box_reg_stage0", "loss_rpn_cls", "loss_rpn_loc"):
+        assert losses["mixed"][key] == pytest.approx(losses["bins"][key], rel=1e-6), key
+    stage2 = losses["mixed"]["loss_box_reg_stage1"]
+    assert stage2 > 0 and stage2 != pytest.approx(losses["bins"]["loss_box_reg_stage1"])
+
+
+def test_per_stage_predictors_are_checked():
+    path = os.path.join(ROOT, CASCADE)
+    one = ["MODEL.ROI_BOX_CASCADE_HEAD.PREDICTORS", "['OffsetBinOutputLayers']"]
+    with pytest.raises(ValueError, match=r"PREDICTORS.*one predictor per stage"):
+        build_model(build_config(path, TINY + one, [add_offset_bin_config]))
+    unknown = ["MODEL.ROI_BOX_CASCADE_HEAD.PREDICTORS", "['OffsetBinOutputLayers', 'Bins']"]
+    with pytest.raises(ValueError, match=r"PREDICTORS\[1\] = 'Bins'"):
+        build_model(build_config(path, TINY + unknown, [add_offset_bin_config]))
+    ignored = BINS_AT_STAGE_1_ONLY + ["MODEL.ROI_HEADS.NAME", "D2AlignStandardROIHeads"]
+    cfg = build_config(path, TINY + ignored, [add_offset_bin_config])
+    with pytest.raises(ValueError, match="PREDICTORS.*D2AlignStandardROIHeads' ignores it"):
+        check_common_config(cfg)
 
 
 @pytest.mark.parametrize("config", [FASTER, CASCADE], ids=["faster", "cascade"])

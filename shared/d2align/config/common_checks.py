@@ -129,3 +129,24 @@ def check_common_config(cfg: CfgNode) -> None:
         "FastRCNNOutputLayers instead: set MODEL.ROI_HEADS.NAME to D2AlignStandardROIHeads or "
         "D2AlignCascadeROIHeads (or the project's heads)",
     )
+    # per-stage predictors: only d2align's cascade heads (and their subclasses) read them
+    stage_predictors = list(_get(cfg, "MODEL.ROI_BOX_CASCADE_HEAD.PREDICTORS") or [])
+    check_config(
+        not stage_predictors
+        or cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN"
+        or _is_d2align_cascade(heads),
+        "MODEL.ROI_BOX_CASCADE_HEAD.PREDICTORS",
+        stage_predictors,
+        f"MODEL.ROI_HEADS.NAME = {heads!r} ignores it: only D2AlignCascadeROIHeads (and the "
+        "heads built on it) read one predictor per stage",
+    )
+
+
+def _is_d2align_cascade(heads: str) -> bool:
+    """Whether the registered ROI heads `heads` are D2AlignCascadeROIHeads or built on it."""
+    from detectron2.modeling import ROI_HEADS_REGISTRY
+
+    from ..modeling.cascade_rcnn import D2AlignCascadeROIHeads
+
+    cls = ROI_HEADS_REGISTRY.get(heads) if heads in ROI_HEADS_REGISTRY else None
+    return cls is not None and issubclass(cls, D2AlignCascadeROIHeads)

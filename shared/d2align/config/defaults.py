@@ -56,6 +56,9 @@ def add_d2align_config(cfg: CN) -> None:
     # The box predictor of the d2align ROI heads (BOX_PREDICTOR_REGISTRY); the default is
     # detectron2's FastRCNNOutputLayers.
     cfg.MODEL.ROI_BOX_HEAD.PREDICTOR = "FastRCNNOutputLayers"
+    # D2AlignCascadeROIHeads: one predictor name per cascade stage (e.g. offset bins at stage 1
+    # only); empty: every stage uses MODEL.ROI_BOX_HEAD.PREDICTOR.
+    cfg.MODEL.ROI_BOX_CASCADE_HEAD.PREDICTORS = []
     # The localization-quality head on pooled RoI features (ROI_IOU_HEAD_REGISTRY,
     # build_iou_head): IoU-Net's IoU predictor, CPM R-CNN's IoU Scoring Module. The defaults
     # are IoU-Net's (two hidden FCs of 1024, Gaussian init with std 0.01 / 0.001).

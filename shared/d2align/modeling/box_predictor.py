@@ -34,6 +34,8 @@ this interface and decodes its bins in `predict_boxes`; one with its own localiz
 (CPM R-CNN's grid branch) does the same with its own `predictions`.
 """
 
+from typing import Optional
+
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 from detectron2.utils.registry import Registry
@@ -51,23 +53,30 @@ output shape, offering the interface of `FastRCNNOutputLayers` (see
 BOX_PREDICTOR_REGISTRY.register(FastRCNNOutputLayers)
 
 
-def build_box_predictor(cfg, input_shape: ShapeSpec, **kwargs) -> nn.Module:
-    """The box predictor named by `MODEL.ROI_BOX_HEAD.PREDICTOR`.
+def build_box_predictor(
+    cfg, input_shape: ShapeSpec, name: Optional[str] = None, key: str = "", **kwargs
+) -> nn.Module:
+    """The box predictor named by `MODEL.ROI_BOX_HEAD.PREDICTOR` (or `name`).
 
     Args:
         cfg (CfgNode): the model's config.
         input_shape (ShapeSpec): output shape of the box head (channels D, or D x H x W).
+        name (str): a registered predictor instead of `MODEL.ROI_BOX_HEAD.PREDICTOR` (a
+            cascade stage's, `MODEL.ROI_BOX_CASCADE_HEAD.PREDICTORS`), with `key`, the config
+            key it comes from, for the error message.
         kwargs: arguments overriding those the predictor's `from_config` reads from `cfg`
             (e.g. `box2box_transform` for a cascade stage).
 
     Raises:
         ValueError: the name is not registered (the message names the key and the choices).
     """
-    name = cfg.MODEL.ROI_BOX_HEAD.get("PREDICTOR")  # None: a config without d2align's keys
+    if name is None:
+        name = cfg.MODEL.ROI_BOX_HEAD.get("PREDICTOR")  # None: a config without d2align's keys
+        key = "MODEL.ROI_BOX_HEAD.PREDICTOR"
     names = sorted(n for n, _ in BOX_PREDICTOR_REGISTRY)
     check_config(
         name in BOX_PREDICTOR_REGISTRY,
-        "MODEL.ROI_BOX_HEAD.PREDICTOR",
+        key,
         name,
         f"must name a box predictor registered in BOX_PREDICTOR_REGISTRY, one of {names} "
         "(the key is added by d2align.config.add_d2align_config)",

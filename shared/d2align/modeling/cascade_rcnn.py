@@ -38,8 +38,9 @@ class D2AlignCascadeROIHeads(CascadeROIHeads):
     """CascadeROIHeads whose box pooler comes from `build_roi_box_pooler` (PrRoIPool allowed)
     and whose stages' box predictors from `build_box_predictor`.
 
-    Same config keys as `CascadeROIHeads`, plus `MODEL.ROI_BOX_HEAD.PREDICTOR` and
-    `MODEL.D2ALIGN_ROI_HEADS` (the NMS at inference).
+    Same config keys as `CascadeROIHeads`, plus `MODEL.ROI_BOX_HEAD.PREDICTOR` (or one per
+    stage, `MODEL.ROI_BOX_CASCADE_HEAD.PREDICTORS`) and `MODEL.D2ALIGN_ROI_HEADS` (the NMS at
+    inference).
     """
 
     @configurable
@@ -122,14 +123,26 @@ class D2AlignCascadeROIHeads(CascadeROIHeads):
             "must start with MODEL.ROI_HEADS.IOU_THRESHOLDS[0] "
             f"({cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0]}), the first stage's matcher",
         )
+        names = list(cfg.MODEL.ROI_BOX_CASCADE_HEAD.get("PREDICTORS", []))
+        check_config(
+            not names or len(names) == len(ious),
+            "MODEL.ROI_BOX_CASCADE_HEAD.PREDICTORS",
+            names,
+            f"must be empty (every stage: MODEL.ROI_BOX_HEAD.PREDICTOR) or name one predictor "
+            f"per stage of MODEL.ROI_BOX_CASCADE_HEAD.IOUS {ious}",
+        )
         box_pooler, pooled_shape = build_roi_box_pooler(cfg, input_shape)
         box_heads, box_predictors, proposal_matchers = [], [], []
-        for match_iou, weights in zip(ious, reg_weights):
+        for k, (match_iou, weights) in enumerate(zip(ious, reg_weights)):
             box_head = build_box_head(cfg, pooled_shape)
             box_heads.append(box_head)
             box_predictors.append(
                 build_box_predictor(
-                    cfg, box_head.output_shape, box2box_transform=Box2BoxTransform(weights=weights)
+                    cfg,
+                    box_head.output_shape,
+                    name=names[k] if names else None,
+                    key=f"MODEL.ROI_BOX_CASCADE_HEAD.PREDICTORS[{k}]",
+                    box2box_transform=Box2BoxTransform(weights=weights),
                 )
             )
             proposal_matchers.append(Matcher([match_iou], [0, 1], allow_low_quality_matches=False))
