@@ -40,6 +40,7 @@ __all__ = [
     "execute",
     "finished",
     "preflight",
+    "starting",
     "write_stamp",
 ]
 
@@ -330,6 +331,13 @@ class Scheduler:
         return f"overall ETA {shown} ({todo}{len(remaining)} running)"
 
 
+def starting(run: Run, resumed_from: Optional[str]) -> str:
+    """What a run's process starts doing, for the progress messages."""
+    if resumed_from is not None:
+        return f"resuming from {resumed_from}"
+    return "evaluating" if run.eval_only else "training"
+
+
 def write_stamp(run: Run, root: Path) -> None:
     """Record in the run's folder what it runs (`Run.stamp`) and, for an evaluation, which
     model it evaluates (see `finished`); a SLURM job writes it again when the model exists."""
@@ -380,13 +388,9 @@ class LocalScheduler(Scheduler):
             self.running.append(_Child(run, proc, log, lock, time.time(), resumed_from, slot))
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        what = (
-            f"resuming from {resumed_from}"
-            if resume
-            else "evaluating" if run.eval_only else "training"
-        )
         self.echo(
-            f"[suite] {run.name}: {what} (pid {proc.pid}) -> {run.out_dir} (log: {run.log_file})"
+            f"[suite] {run.name}: {starting(run, resumed_from)} (pid {proc.pid}) -> {run.out_dir} "
+            f"(log: {run.log_file})"
         )
 
     def reap(self) -> None:

@@ -25,6 +25,7 @@ long as its `MinJobAge` keeps finished jobs listed for longer than the poll inte
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -40,7 +41,7 @@ from ..atomic import atomic_write_text
 from ..lock import DirLock
 from ..system import die_with_parent
 from .progress import format_seconds, read_progress
-from .runner import Outcome, Scheduler, write_stamp
+from .runner import Outcome, Scheduler, _tail, starting, write_stamp
 from .runs import Run
 from .slurm_options import SlurmOptions
 
@@ -236,14 +237,11 @@ class _Job:
     lock: DirLock
     start: float
     resumed_from: Optional[str]
-    folder: Path
     state: JobState = dataclasses.field(default_factory=lambda: JobState("SUBMITTED"))
 
 
 def _job_name(run: Run) -> str:
     """A name that identifies the run's job (job ids restart on a new cluster)."""
-    import hashlib
-
     digest = hashlib.sha1(str(run.out_dir.resolve()).encode()).hexdigest()[:10]
     return f"d2align-{digest}"
 
@@ -254,13 +252,6 @@ def read_job_record(run: Run) -> Optional[dict]:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and "job_id" in record else None
-
-
-def _log_tail(path: Path, lines: int = 8) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 class SlurmScheduler(Scheduler):
@@ -329,9 +320,7 @@ class SlurmScheduler(Scheduler):
     def start_run(self, run: Run, lock: DirLock, resume: bool, resumed_from) -> None:
         job_id = self._attachable(run)
         if job_id is not None:
-            self.in_flight[run.name] = _Job(
-                run, job_id, lock, time.time(), resumed_from, self.folder
-            )
+            self.in_flight[run.name] = _Job(run, job_id, lock, time.time(), resumed_from)
             self.echo(f"[suite] {run.name}: following SLURM job {job_id} (submitted earlier)")
             return
         try:
@@ -353,21 +342,14 @@ class SlurmScheduler(Scheduler):
             "host": socket.gethostname(),
         }
         atomic_write_text(run.out_dir / JOB_FILE, json.dumps(record, indent=2))
-        self.in_flight[run.name] = _Job(
-            run, str(job.job_id), lock, time.time(), resumed_from, self.folder
-        )
-        what = (
-            f"resuming from {resumed_from}"
-            if resume
-            else "evaluating" if run.eval_only else "training"
-        )
+        self.in_flight[run.name] = _Job(run, str(job.job_id), lock, time.time(), resumed_from)
         self.echo(
-            f"[suite] {run.name}: {what} as SLURM job {job.job_id} -> {run.out_dir} "
-            f"(log: {run.log_file})"
+            f"[suite] {run.name}: {starting(run, resumed_from)} as SLURM job {job.job_id} -> "
+            f"{run.out_dir} (log: {run.log_file})"
         )
 
     def _task_logs(self, job: _Job) -> List[Path]:
-        return sorted(job.folder.glob(f"{job.job_id}_*_log.err"))
+        return sorted(self.folder.glob(f"{job.job_id}_*_log.err"))
 
     def reap(self) -> None:
         if not self.in_flight or time.time() - self.last_query < QUERY_EVERY_S:
@@ -397,9 +379,8 @@ class SlurmScheduler(Scheduler):
                 why += f", exit code {state.exit_code}" if state.exit_code else ""
                 why += f" but left no {run.results_file.name}" if state.state == "COMPLETED" else ""
                 code = 0 if state.state == "COMPLETED" else None
-            extra = "\n".join(
-                f"--- {p.name}\n{_log_tail(p)}" for p in self._task_logs(job) if _log_tail(p)
-            )
+            tails = ((p.name, _tail(p, 8)) for p in self._task_logs(job))
+            extra = "\n".join(f"--- {name}\n{tail}" for name, tail in tails if tail)
             self.record_exit(run, code, seconds, job.resumed_from, why_failed=why, extra_tail=extra)
 
     def stop_all(self, grace_s: float) -> None:
