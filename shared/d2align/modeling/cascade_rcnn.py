@@ -16,10 +16,9 @@ features of every stage are differentiable w.r.t. the box coordinates.
 Boxes are XYXY in absolute pixels of the network input.
 """
 
-from typing import Any, Dict, List, Optional
+from typing import Dict, List
 
 import torch
-from detectron2.config import configurable
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, CascadeROIHeads, build_box_head
@@ -28,13 +27,13 @@ from detectron2.structures import Instances
 from ..config import check_config
 from .box_predictor import build_box_predictor
 from .poolers import build_roi_box_pooler
-from .roi_heads_base import _check_nms_type, nms_detections, roi_heads_nms_from_config
+from .roi_heads_base import InferenceNMSMixin, nms_detections
 
 __all__ = ["D2AlignCascadeROIHeads"]
 
 
 @ROI_HEADS_REGISTRY.register()
-class D2AlignCascadeROIHeads(CascadeROIHeads):
+class D2AlignCascadeROIHeads(InferenceNMSMixin, CascadeROIHeads):
     """CascadeROIHeads whose box pooler comes from `build_roi_box_pooler` (PrRoIPool allowed)
     and whose stages' box predictors from `build_box_predictor`.
 
@@ -42,31 +41,6 @@ class D2AlignCascadeROIHeads(CascadeROIHeads):
     stage, `MODEL.ROI_BOX_CASCADE_HEAD.PREDICTORS`) and `MODEL.D2ALIGN_ROI_HEADS` (the NMS at
     inference).
     """
-
-    @configurable
-    def __init__(
-        self,
-        *,
-        nms_type: str = "standard",
-        nms_kwargs: Optional[Dict[str, Any]] = None,
-        **kwargs,
-    ):
-        """
-        Args:
-            nms_type (str): the NMS at inference, one of `SCORE_NMS_TYPES`.
-            nms_kwargs (dict): the other arguments of `per_class_nms` (Soft-NMS, CL-balanced).
-            kwargs: `CascadeROIHeads` arguments.
-        """
-        super().__init__(**kwargs)
-        _check_nms_type(self, D2AlignCascadeROIHeads._forward_box, nms_type)
-        self.nms_type = nms_type
-        self.nms_kwargs = dict(nms_kwargs or {})
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret.update(roi_heads_nms_from_config(cfg))
-        return ret
 
     def _forward_box(
         self, features: Dict[str, torch.Tensor], proposals: List[Instances], targets=None

@@ -40,6 +40,7 @@ from .postprocessing import SCORE_NMS_TYPES, nms_settings_from_config, per_class
 
 __all__ = [
     "D2AlignStandardROIHeads",
+    "InferenceNMSMixin",
     "nms_detections",
     "per_class_candidates",
     "roi_heads_nms_from_config",
@@ -62,26 +63,14 @@ def roi_heads_nms_from_config(cfg) -> Dict[str, Any]:
     return {"nms_type": nms_type, "nms_kwargs": nms_kwargs}
 
 
-def _check_nms_type(heads, base_forward_box, nms_type: str) -> None:
-    """Refuse a non-standard NMS type for a subclass that replaced the inference."""
-    if nms_type not in SCORE_NMS_TYPES:
-        raise ValueError(f"nms_type must be one of {SCORE_NMS_TYPES}, got {nms_type!r}")
-    check_config(
-        nms_type == "standard" or type(heads)._forward_box is base_forward_box,
-        "MODEL.D2ALIGN_ROI_HEADS.NMS_TYPE",
-        nms_type,
-        f"{type(heads).__name__} has its own inference (_forward_box); use its own NMS keys",
-    )
+class InferenceNMSMixin:
+    """The NMS at inference of the shared ROI heads: `nms_type` and `nms_kwargs` from
+    `MODEL.D2ALIGN_ROI_HEADS` (`roi_heads_nms_from_config`), checked at construction.
 
-
-@ROI_HEADS_REGISTRY.register()
-class D2AlignStandardROIHeads(StandardROIHeads):
-    """StandardROIHeads whose box pooler comes from `build_roi_box_pooler` (PrRoIPool allowed)
-    and whose box predictor from `build_box_predictor`.
-
-    Same config keys as `StandardROIHeads`, plus `MODEL.ROI_BOX_HEAD.PREDICTOR`;
-    `MODEL.ROI_BOX_HEAD.POOLER_TYPE` may also be "PrRoIPool". With the default predictor and any
-    other pooler type the model is exactly detectron2's.
+    List it before the detectron2 ROI heads class it extends (`class H(InferenceNMSMixin,
+    StandardROIHeads)`); that class `H` implements the non-standard NMS in its `_forward_box`.
+    A subclass of `H` that replaces `_forward_box` (its own inference) refuses a non-standard
+    type, naming the key.
     """
 
     @configurable
@@ -96,10 +85,19 @@ class D2AlignStandardROIHeads(StandardROIHeads):
         Args:
             nms_type (str): the NMS at inference, one of `SCORE_NMS_TYPES`.
             nms_kwargs (dict): the other arguments of `per_class_nms` (Soft-NMS, CL-balanced).
-            kwargs: `StandardROIHeads` arguments.
+            kwargs: the detectron2 ROI heads' arguments.
         """
         super().__init__(**kwargs)
-        _check_nms_type(self, D2AlignStandardROIHeads._forward_box, nms_type)
+        if nms_type not in SCORE_NMS_TYPES:
+            raise ValueError(f"nms_type must be one of {SCORE_NMS_TYPES}, got {nms_type!r}")
+        # the class that lists the mixin among its bases owns the NMS-aware inference
+        owner = next(c for c in type(self).__mro__ if InferenceNMSMixin in c.__bases__)
+        check_config(
+            nms_type == "standard" or type(self)._forward_box is owner._forward_box,
+            "MODEL.D2ALIGN_ROI_HEADS.NMS_TYPE",
+            nms_type,
+            f"{type(self).__name__} has its own inference (_forward_box); use its own NMS keys",
+        )
         self.nms_type = nms_type
         self.nms_kwargs = dict(nms_kwargs or {})
 
@@ -108,6 +106,17 @@ class D2AlignStandardROIHeads(StandardROIHeads):
         ret = super().from_config(cfg, input_shape)
         ret.update(roi_heads_nms_from_config(cfg))
         return ret
+
+
+@ROI_HEADS_REGISTRY.register()
+class D2AlignStandardROIHeads(InferenceNMSMixin, StandardROIHeads):
+    """StandardROIHeads whose box pooler comes from `build_roi_box_pooler` (PrRoIPool allowed)
+    and whose box predictor from `build_box_predictor`.
+
+    Same config keys as `StandardROIHeads`, plus `MODEL.ROI_BOX_HEAD.PREDICTOR`;
+    `MODEL.ROI_BOX_HEAD.POOLER_TYPE` may also be "PrRoIPool". With the default predictor and any
+    other pooler type the model is exactly detectron2's.
+    """
 
     def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
         """detectron2's box branch; at inference with a non-standard NMS type, the detections
