@@ -173,7 +173,7 @@ def test_exception_in_the_suite_terminates_the_training(tmp_path):
 
 
 def _results(run_dir: Path) -> None:
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     payload = {"results": {"bbox": {"AP": 1.0}}, "speed": {"train_s_per_iter": 0.1}}
     (run_dir / "final_results.json").write_text(json.dumps(payload))
 
@@ -340,3 +340,28 @@ def test_an_evaluation_is_redone_when_its_model_was_retrained(tmp_path):
     time.sleep(0.01)
     weights.write_bytes(b"model B, retrained")  # the source was trained again
     assert not finished(run)
+
+
+def test_a_wait_for_another_suites_folder_is_not_shown_after_it_ends(tmp_path, monkeypatch):
+    """Two suites sharing a run: while the other suite holds the run's folder the status line
+    says so; once the holder is gone and this suite has no free slot, the run waits for a slot,
+    not for the holder (the status line once kept naming a finished process); then it is
+    reused from the other suite's results."""
+    from d2align.suite.runner import RUN_LOCK, LocalScheduler
+
+    run = _faster_run(tmp_path)
+    holder = DirLock(run.out_dir, RUN_LOCK, "suite run").acquire()  # the other suite trains it
+    scheduler = LocalScheduler([run], 1, ROOT, sys.executable, False, print)
+    scheduler.launch_ready()
+    assert scheduler.pending == [run]
+    assert f"waiting for PID {os.getpid()} (its folder)" in scheduler.status_line()
+
+    _results(run.out_dir)  # the other suite finishes and lets go of the folder
+    holder.release()
+    monkeypatch.setattr(scheduler, "has_room", lambda: False)  # this suite's slot is busy
+    scheduler.launch_ready()
+    assert "waiting for PID" not in scheduler.status_line() and scheduler.pending == [run]
+
+    monkeypatch.setattr(scheduler, "has_room", lambda: True)
+    scheduler.launch_ready()
+    assert not scheduler.pending and scheduler.outcomes[run.name].status == "reused"

@@ -202,7 +202,8 @@ class Scheduler:
         self.root, self.python, self.retrain, self.echo = root, python, retrain, echo
         self.outcomes: Dict[str, Outcome] = {}
         self.pending: List[Run] = []
-        self.waiting: Dict[str, str] = {}  # run name -> why it waits
+        self.waiting: Dict[str, str] = {}  # run name -> the row whose model it waits for
+        self.folder_waits: Dict[str, str] = {}  # run name -> the process holding its folder
         self.start = time.time()
         for run in runs:
             if finished(run) and not retrain:
@@ -258,21 +259,26 @@ class Scheduler:
         return True
 
     def launch_ready(self) -> None:
+        # a run waits for another process's folder only while a slot is free to start it: the
+        # reasons are found again below, so a finished holder or a full scheduler shows no stale one
+        self.folder_waits.clear()
         for run in list(self.pending):
             if not self.has_room():
                 return
             if not self._ready(run):
                 continue
+            self.waiting.pop(run.name, None)  # its source's model is there
             self.pending.remove(run)
             if run.name in self.outcomes:  # skipped
                 continue
             lock = DirLock(run.out_dir, RUN_LOCK, "suite run")
             holder = lock.try_acquire()
             if holder is not None:
-                self.waiting[run.name] = f"waiting for PID {holder.get('pid', '?')} (its folder)"
+                self.folder_waits[run.name] = (
+                    f"waiting for PID {holder.get('pid', '?')} (its folder)"
+                )
                 self.pending.append(run)
                 continue
-            self.waiting.pop(run.name, None)
             if finished(run) and not self.retrain:  # another suite trained it meanwhile
                 lock.release()
                 self.outcomes[run.name] = Outcome("reused")
@@ -419,7 +425,8 @@ class LocalScheduler(Scheduler):
                     1, child.run.max_iter - progress.iteration - 1
                 )
             remaining.append(left)
-        parts += [f"{name}: {why}" for name, why in self.waiting.items()]
+        waits = {**self.waiting, **self.folder_waits}
+        parts += [f"{name}: {why}" for name, why in waits.items()]
         parts.append(self.overall(remaining, self.s_per_iter, self.jobs))
         return f"[suite {format_seconds(time.time() - self.start)}] " + " | ".join(parts)
 
