@@ -40,6 +40,7 @@ __all__ = [
     "execute",
     "finished",
     "preflight",
+    "read_log_tail",
     "starting",
     "write_stamp",
 ]
@@ -157,7 +158,8 @@ def _stop_on_signals():
             signal.signal(s, h)
 
 
-def _tail(log: Path, lines: int = TAIL_LINES) -> str:
+def read_log_tail(log: Path, lines: int = TAIL_LINES) -> str:
+    """The last `lines` lines of `log`, or "" when it cannot be read."""
     try:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -202,8 +204,7 @@ class Scheduler:
         self.root, self.python, self.retrain, self.echo = root, python, retrain, echo
         self.outcomes: Dict[str, Outcome] = {}
         self.pending: List[Run] = []
-        self.waiting: Dict[str, str] = {}  # run name -> the row whose model it waits for
-        self.folder_waits: Dict[str, str] = {}  # run name -> the process holding its folder
+        self.waiting: Dict[str, str] = {}  # run name -> why it waits (this pass)
         self.start = time.time()
         for run in runs:
             if finished(run) and not retrain:
@@ -259,24 +260,22 @@ class Scheduler:
         return True
 
     def launch_ready(self) -> None:
-        # a run waits for another process's folder only while a slot is free to start it: the
-        # reasons are found again below, so a finished holder or a full scheduler shows no stale one
-        self.folder_waits.clear()
+        # every wait is found again on each pass, so one that ended is not shown; a run waits
+        # for another process's folder only while a slot is free to start it
+        self.waiting.clear()
         for run in list(self.pending):
-            if not self.has_room():
-                return
             if not self._ready(run):
                 continue
-            self.waiting.pop(run.name, None)  # its source's model is there
-            self.pending.remove(run)
             if run.name in self.outcomes:  # skipped
+                self.pending.remove(run)
                 continue
+            if not self.has_room():
+                continue
+            self.pending.remove(run)
             lock = DirLock(run.out_dir, RUN_LOCK, "suite run")
             holder = lock.try_acquire()
             if holder is not None:
-                self.folder_waits[run.name] = (
-                    f"waiting for PID {holder.get('pid', '?')} (its folder)"
-                )
+                self.waiting[run.name] = f"waiting for PID {holder.get('pid', '?')} (its folder)"
                 self.pending.append(run)
                 continue
             if finished(run) and not self.retrain:  # another suite trained it meanwhile
@@ -316,7 +315,7 @@ class Scheduler:
             return
         no_results = f"exit 0 but no {run.results_file.name}"
         reason = why_failed or (f"exit {code}" if code else no_results)
-        tail = "\n".join(t for t in (_tail(run.log_file), extra_tail) if t)
+        tail = "\n".join(t for t in (read_log_tail(run.log_file), extra_tail) if t)
         self.outcomes[run.name] = Outcome("failed", code, tail, seconds, resumed_from, reason)
         shown = "\n".join("    " + line for line in tail.splitlines()[-8:])
         self.echo(f"[suite] {run.name}: FAILED ({reason}); log {run.log_file}:\n{shown}")
@@ -425,8 +424,7 @@ class LocalScheduler(Scheduler):
                     1, child.run.max_iter - progress.iteration - 1
                 )
             remaining.append(left)
-        waits = {**self.waiting, **self.folder_waits}
-        parts += [f"{name}: {why}" for name, why in waits.items()]
+        parts += [f"{name}: {why}" for name, why in self.waiting.items()]
         parts.append(self.overall(remaining, self.s_per_iter, self.jobs))
         return f"[suite {format_seconds(time.time() - self.start)}] " + " | ".join(parts)
 

@@ -41,7 +41,7 @@ from ..atomic import atomic_write_text
 from ..lock import DirLock
 from ..system import die_with_parent
 from .progress import format_seconds, read_progress
-from .runner import Outcome, Scheduler, _tail, starting, write_stamp
+from .runner import Outcome, Scheduler, read_log_tail, starting, write_stamp
 from .runs import Run
 from .slurm_options import SlurmOptions
 
@@ -379,7 +379,7 @@ class SlurmScheduler(Scheduler):
                 why += f", exit code {state.exit_code}" if state.exit_code else ""
                 why += f" but left no {run.results_file.name}" if state.state == "COMPLETED" else ""
                 code = 0 if state.state == "COMPLETED" else None
-            tails = ((p.name, _tail(p, 8)) for p in self._task_logs(job))
+            tails = ((p.name, read_log_tail(p, 8)) for p in self._task_logs(job))
             extra = "\n".join(f"--- {name}\n{tail}" for name, tail in tails if tail)
             self.record_exit(run, code, seconds, job.resumed_from, why_failed=why, extra_tail=extra)
 
