@@ -172,6 +172,40 @@ def test_exception_in_the_suite_terminates_the_training(tmp_path):
     assert process_gone(pid) and live_processes(group=pid) == []
 
 
+def _crashing_interpreter(path: Path) -> Path:
+    """An executable standing for the trainings' Python: it runs a Python process that reads
+    address 0 (SIGSEGV in native code, as a crash inside a C++ op or pycocotools would)."""
+    crash = "import ctypes; ctypes.string_at(0)"
+    path.write_text(f"#!/bin/sh\nexec '{sys.executable}' -c '{crash}'\n")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize("with_checkpoint", [False, True])
+def test_a_crash_names_the_signal_leaves_the_python_stack_and_says_how_to_resume(
+    tmp_path, with_checkpoint
+):
+    suite = suite_of_configs([ROOT / FASTER], ROOT)
+    out_dir = tmp_path / "run"
+    (run,) = plan_runs(suite, ROOT, extra_opts=["OUTPUT_DIR", str(out_dir)])[
+        "faster_rcnn_R18_FPN_scratch"
+    ]
+    if with_checkpoint:  # the training ended (model_final.pth), then evaluation crashed
+        out_dir.mkdir(parents=True)
+        (out_dir / "last_checkpoint").write_text("model_final.pth")
+    python = str(_crashing_interpreter(tmp_path / "python"))
+    outcome = execute([run], 1, ROOT, python=python, echo=lambda line: None, poll_s=0.2)[run.name]
+
+    assert outcome.status == "failed" and outcome.returncode == -signal.SIGSEGV
+    assert outcome.reason.startswith("killed by SIGSEGV (a crash;")
+    resume_hint = "the same command resumes it from model_final.pth"
+    assert (resume_hint in outcome.reason) == with_checkpoint
+    log = run.log_file.read_text()
+    # faulthandler's dump, which a plain interpreter would not write
+    assert "Fatal Python error: Segmentation fault" in log
+    assert 'File "<string>", line 1' in log
+
+
 def _results(run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     payload = {"results": {"bbox": {"AP": 1.0}}, "speed": {"train_s_per_iter": 0.1}}

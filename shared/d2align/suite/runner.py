@@ -3,7 +3,10 @@
 * A run whose `final_results.json` exists is reused (unless `retrain`); a run stopped half way
   (a `last_checkpoint` in its OUTPUT_DIR) continues with `--resume`.
 * A run that fails is reported (`Outcome` with its exit code and the tail of its log) and the
-  other runs go on; a run that evaluates a failed run's model is skipped.
+  other runs go on; a run that evaluates a failed run's model is skipped. Every process runs
+  with Python's faulthandler on (`CHILD_ENV`), so that a crash in native code (a C++ op,
+  pycocotools) leaves each thread's Python stack in the run's log, and the reason of a run
+  killed by a signal names the signal and the checkpoint the same command resumes from.
 * Every training runs in its own process group (and, on Linux, gets SIGTERM if the suite
   dies); on Ctrl-C, SIGTERM, SIGHUP or an exception in the suite, every group is terminated
   (SIGTERM, then SIGKILL after a grace period) before the exception propagates.
@@ -81,6 +84,32 @@ class SuiteStopped(Exception):
     def __init__(self, signum: int):
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
+
+
+# the environment every training or evaluation process gets on top of the suite's: on SIGSEGV,
+# SIGFPE, SIGABRT, SIGBUS or SIGILL, Python writes the stack of each thread to stderr (the log)
+CHILD_ENV = {"PYTHONFAULTHANDLER": "1"}
+
+
+def exit_reason(run: Run, code: int) -> str:
+    """Why a run's process that exited with status `code` (non-zero; negative: killed by
+    signal -code, as `subprocess` reports it) failed, in words: the exit status or the
+    signal, and the checkpoint that the same command would resume it from, if any."""
+    if code >= 0:
+        return f"exit {code}"
+    try:
+        reason = f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        reason = f"killed by signal {-code}"
+    if -code not in (signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP):
+        reason += " (a crash; the Python stack of each thread is in its log)"
+    try:
+        checkpoint = (run.out_dir / "last_checkpoint").read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        checkpoint = ""
+    if checkpoint and not run.eval_only:
+        reason += f"; the same command resumes it from {checkpoint}"
+    return reason
 
 
 def finished(run: Run) -> bool:
@@ -314,7 +343,7 @@ class Scheduler:
             self.echo(f"[suite] {run.name}: done in {seconds:.0f} s")
             return
         no_results = f"exit 0 but no {run.results_file.name}"
-        reason = why_failed or (f"exit {code}" if code else no_results)
+        reason = why_failed or (exit_reason(run, code) if code else no_results)
         tail = "\n".join(t for t in (read_log_tail(run.log_file), extra_tail) if t)
         self.outcomes[run.name] = Outcome("failed", code, tail, seconds, resumed_from, reason)
         shown = "\n".join("    " + line for line in tail.splitlines()[-8:])
@@ -384,7 +413,7 @@ class LocalScheduler(Scheduler):
             proc = subprocess.Popen(
                 cmd,
                 cwd=self.root,
-                env=dict(os.environ, **env_vars),
+                env=dict(os.environ, **CHILD_ENV, **env_vars),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -41,7 +41,7 @@ from ..atomic import atomic_write_text
 from ..lock import DirLock
 from ..system import die_with_parent
 from .progress import format_seconds, read_progress
-from .runner import Outcome, Scheduler, read_log_tail, starting, write_stamp
+from .runner import CHILD_ENV, Outcome, Scheduler, read_log_tail, starting, write_stamp
 from .runs import Run
 from .slurm_options import SlurmOptions
 
@@ -137,7 +137,7 @@ class TrainingJob(Checkpointable):
         launch = self.launch_args(rank, machines, _address(env.hostnames[0]), env.job_id)
         cmd = run.command(self.python, self.root, resume=resume, launch_args=launch)
         threads = int(os.environ.get("SLURM_CPUS_PER_TASK", "1")) // max(1, self.gpus_per_machine)
-        child_env = dict(os.environ, OMP_NUM_THREADS=str(max(1, threads)))
+        child_env = dict(os.environ, **CHILD_ENV, OMP_NUM_THREADS=str(max(1, threads)))
         child_env["MKL_NUM_THREADS"] = child_env["OMP_NUM_THREADS"]
         log_path = run.log_file if rank == 0 else run.out_dir / f"train_log.machine{rank}.txt"
         with open(log_path, "a") as log:
