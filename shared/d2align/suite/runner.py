@@ -104,7 +104,7 @@ def exit_reason(run: Run, code: int) -> str:
     if -code not in (signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP):
         reason += " (a crash; the Python stack of each thread is in its log)"
     try:
-        checkpoint = (run.out_dir / "last_checkpoint").read_text().strip()
+        checkpoint = run.checkpoint_pointer.read_text().strip()
     except (OSError, UnicodeDecodeError):
         checkpoint = ""
     if checkpoint and not run.eval_only:
@@ -314,7 +314,7 @@ class Scheduler:
             self._launch(run, lock)
 
     def _launch(self, run: Run, lock: DirLock) -> None:
-        checkpoint = run.out_dir / "last_checkpoint"
+        checkpoint = run.checkpoint_pointer
         resume = not self.retrain and not run.eval_only and checkpoint.is_file()
         try:
             resumed_from = checkpoint.read_text().strip() if resume else None

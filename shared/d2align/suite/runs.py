@@ -83,6 +83,12 @@ class Run:
     def log_file(self) -> Path:
         return self.out_dir / LOG_FILE
 
+    @property
+    def checkpoint_pointer(self) -> Path:
+        """detectron2's `last_checkpoint` file: the name of the newest checkpoint, which
+        `--resume` continues from."""
+        return self.out_dir / "last_checkpoint"
+
     def command(
         self, python: str, root: Path, resume: bool = False, launch_args: Sequence[str] = ()
     ) -> List[str]:

@@ -133,7 +133,7 @@ class TrainingJob(Checkpointable):
         run, rank, machines = self.run, env.global_rank, env.num_tasks
         if run.weights_file is not None and rank == 0:
             write_stamp(run, self.root)  # the model it evaluates exists now
-        resume = not run.eval_only and (run.out_dir / "last_checkpoint").is_file()
+        resume = not run.eval_only and run.checkpoint_pointer.is_file()
         launch = self.launch_args(rank, machines, _address(env.hostnames[0]), env.job_id)
         cmd = run.command(self.python, self.root, resume=resume, launch_args=launch)
         threads = int(os.environ.get("SLURM_CPUS_PER_TASK", "1")) // max(1, self.gpus_per_machine)
