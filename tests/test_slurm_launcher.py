@@ -13,6 +13,8 @@ wait with a deadline.
 * `scontrol requeue` of a running job: it resumes from its checkpoint and ends at the iteration
   count of an uninterrupted run;
 * SIGTERM to compare.py: no job of the suite left in `squeue`;
+* a training that crashes (SIGSEGV) inside its job: a FAILED row that names the signal and the
+  checkpoint the same command resumes from, at once (not after the wait for SLURM's SIGKILL);
 * a 2-task job standing for two machines (gloo) has the loss of one process with the whole batch.
 """
 
@@ -28,7 +30,13 @@ from pathlib import Path
 import pytest
 
 from d2align.suite.single_node_cluster import SlurmCluster, slurm_unavailable
-from d2align.testing import ROOT, exact_step_opts, exact_step_setup, read_metrics
+from d2align.testing import (
+    ROOT,
+    crashing_interpreter,
+    exact_step_opts,
+    exact_step_setup,
+    read_metrics,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -279,6 +287,46 @@ def test_sigterm_to_compare_cancels_every_job(cluster, tmp_path):
     active = [line for line in cluster.active_jobs() if line.split()[0] in ids]
     assert active == [], active
     assert "cancelling 2 SLURM job(s)" in log
+
+
+def test_a_crashed_training_is_a_failed_row_naming_the_signal_and_the_resume(cluster, tmp_path):
+    """The job's training is killed by SIGSEGV after a checkpoint: the row says so, as a local
+    run's does, with the checkpoint the same command resumes from, and the job does not wait
+    for a SIGKILL that SLURM never sends (that wait is for a cancelled or requeued training)."""
+    from d2align.suite import execute, plan_runs, suite_of_configs
+    from d2align.suite.slurm import KILLED_WAIT_S, SlurmScheduler
+    from d2align.suite.slurm_options import SlurmOptions
+
+    out_dir = tmp_path / "run"
+    suite = suite_of_configs([Path(ROOT) / FASTER], Path(ROOT))
+    (run,) = plan_runs(suite, Path(ROOT), extra_opts=["OUTPUT_DIR", str(out_dir)])[
+        "faster_rcnn_R18_FPN_scratch"
+    ]
+    out_dir.mkdir(parents=True)
+    (out_dir / "last_checkpoint").write_text("model_0000499.pth")
+    folder = tmp_path / "slurm"
+
+    def scheduler(*args):
+        return SlurmScheduler(*args, options=SlurmOptions(cpus_per_run=1), folder=folder)
+
+    start = time.time()
+    outcome = execute(
+        [run],
+        1,
+        Path(ROOT),
+        python=crashing_interpreter(tmp_path / "python"),
+        poll_s=1.0,
+        echo=lambda line: None,
+        scheduler=scheduler,
+    )[run.name]
+    took = time.time() - start
+    assert outcome.status == "failed", outcome
+    assert (
+        "FAILED" in outcome.reason and "train_net.py killed by SIGSEGV (a crash;" in outcome.reason
+    )
+    assert "the same command resumes it from model_0000499.pth" in outcome.reason
+    assert took < KILLED_WAIT_S, f"the job waited {took:.0f} s for a SIGKILL"
+    assert "Fatal Python error: Segmentation fault" in run.log_file.read_text()
 
 
 def test_two_tasks_standing_for_two_machines_equal_one_process(cluster, tmp_path):

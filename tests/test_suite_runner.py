@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from d2align.suite import DirLock, execute, main, plan_runs, suite_of_configs
-from d2align.testing import live_processes, process_gone
+from d2align.testing import crashing_interpreter, live_processes, process_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 FASTER = "configs/shapes/faster_rcnn_R18_FPN_scratch.yaml"
@@ -172,15 +172,6 @@ def test_exception_in_the_suite_terminates_the_training(tmp_path):
     assert process_gone(pid) and live_processes(group=pid) == []
 
 
-def _crashing_interpreter(path: Path) -> Path:
-    """An executable standing for the trainings' Python: it runs a Python process that reads
-    address 0 (SIGSEGV in native code, as a crash inside a C++ op or pycocotools would)."""
-    crash = "import ctypes; ctypes.string_at(0)"
-    path.write_text(f"#!/bin/sh\nexec '{sys.executable}' -c '{crash}'\n")
-    path.chmod(0o755)
-    return path
-
-
 @pytest.mark.parametrize("with_checkpoint", [False, True])
 def test_a_crash_names_the_signal_leaves_the_python_stack_and_says_how_to_resume(
     tmp_path, with_checkpoint
@@ -193,7 +184,7 @@ def test_a_crash_names_the_signal_leaves_the_python_stack_and_says_how_to_resume
     if with_checkpoint:  # the training ended (model_final.pth), then evaluation crashed
         out_dir.mkdir(parents=True)
         (out_dir / "last_checkpoint").write_text("model_final.pth")
-    python = str(_crashing_interpreter(tmp_path / "python"))
+    python = crashing_interpreter(tmp_path / "python")
     outcome = execute([run], 1, ROOT, python=python, echo=lambda line: None, poll_s=0.2)[run.name]
 
     assert outcome.status == "failed" and outcome.returncode == -signal.SIGSEGV

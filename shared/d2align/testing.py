@@ -4,6 +4,7 @@ model configs, fixed batches, seeded heads and short SGD runs. Not imported by p
 import contextlib
 import math
 import os
+import sys
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pytest
@@ -605,3 +606,14 @@ def read_metrics(out) -> List[dict]:
 
     with open(os.path.join(str(out), "metrics.json")) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def crashing_interpreter(path) -> str:
+    """Write an executable at `path` standing for the trainings' Python: it starts a Python
+    process that reads address 0 (SIGSEGV in native code, as a crash inside a C++ op or
+    pycocotools would). Returns its path, as a string for a suite's `python`."""
+    crash = "import ctypes; ctypes.string_at(0)"
+    with open(path, "w") as f:
+        f.write(f"#!/bin/sh\nexec '{sys.executable}' -c '{crash}'\n")
+    os.chmod(path, 0o755)
+    return str(path)

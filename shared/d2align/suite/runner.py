@@ -41,6 +41,7 @@ __all__ = [
     "Scheduler",
     "SuiteStopped",
     "execute",
+    "exit_reason",
     "finished",
     "preflight",
     "read_log_tail",
@@ -89,6 +90,9 @@ class SuiteStopped(Exception):
 # the environment every training or evaluation process gets on top of the suite's: on SIGSEGV,
 # SIGFPE, SIGABRT, SIGBUS or SIGILL, Python writes the stack of each thread to stderr (the log)
 CHILD_ENV = {"PYTHONFAULTHANDLER": "1"}
+# signals that stop a process on purpose (a person, the suite, SLURM's cancel or requeue);
+# any other signal that kills a run is a crash
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP)
 
 
 def exit_reason(run: Run, code: int) -> str:
@@ -101,7 +105,7 @@ def exit_reason(run: Run, code: int) -> str:
         reason = f"killed by {signal.Signals(-code).name}"
     except ValueError:
         reason = f"killed by signal {-code}"
-    if -code not in (signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP):
+    if -code not in STOP_SIGNALS:
         reason += " (a crash; the Python stack of each thread is in its log)"
     try:
         checkpoint = run.checkpoint_pointer.read_text().strip()

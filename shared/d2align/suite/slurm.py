@@ -7,8 +7,9 @@ with the same semantics:
   checkpoint resumes with `--resume`: the job decides when it starts, so a job that SLURM
   requeues (preemption, `scontrol requeue`, or submitit's own requeue shortly before the time
   limit, `TrainingJob.checkpoint`) continues from its last checkpoint;
-* a job that ends without results is a FAILED row with its SLURM state, exit code and the
-  tail of its logs; the other jobs go on; an evaluation of a run's model is submitted with
+* a job that ends without results is a FAILED row with its SLURM state, exit code, how its
+  training ended (`TrainingFailed`: the exit status, or the signal and the checkpoint to resume
+  from) and the tail of its logs; the other jobs go on; an evaluation of a run's model is submitted with
   `--dependency=afterok:<that run's job>` (SLURM cancels it if that run fails: "skipped");
 * Ctrl-C or SIGTERM of the suite cancels every job it submitted or follows (`scancel`), and
   waits until SLURM lists none of them as active; `--detach` submits and returns: each run's
@@ -28,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,7 +43,16 @@ from ..atomic import atomic_write_text
 from ..lock import DirLock
 from ..system import die_with_parent
 from .progress import format_seconds, read_progress
-from .runner import CHILD_ENV, Outcome, Scheduler, read_log_tail, starting, write_stamp
+from .runner import (
+    CHILD_ENV,
+    STOP_SIGNALS,
+    Outcome,
+    Scheduler,
+    exit_reason,
+    read_log_tail,
+    starting,
+    write_stamp,
+)
 from .runs import Run
 from .slurm_options import SlurmOptions
 
@@ -49,6 +60,7 @@ __all__ = [
     "JOB_FILE",
     "JobState",
     "SlurmScheduler",
+    "TrainingFailed",
     "TrainingJob",
     "slurm_states",
 ]
@@ -92,6 +104,16 @@ def _dist_port(job_id: str) -> int:
     """A port every task of a job derives alike from the job id (29500 + id mod 20000)."""
     digits = "".join(c for c in str(job_id) if c.isdigit()) or "0"
     return 29500 + int(digits) % 20000
+
+
+class TrainingFailed(RuntimeError):
+    """A job's training or evaluation ended without success; the message says how (the exit
+    status, or the signal and the checkpoint the same command resumes from) and where its log
+    is. The submitting side reads it back from the job's stderr (`FAILURE_LINE`)."""
+
+
+# how the message of a job's TrainingFailed appears in its stderr (submitit's traceback)
+FAILURE_LINE = re.compile(r"TrainingFailed: (.+)$", re.MULTILINE)
 
 
 class TrainingJob(Checkpointable):
@@ -158,11 +180,12 @@ class TrainingJob(Checkpointable):
             code = proc.wait()
         if code == 0:
             return {"returncode": 0, "resumed": resume, "machine": rank}
-        if code < 0 or code in (128 + signal.SIGTERM, 128 + signal.SIGKILL):
+        if -code in STOP_SIGNALS or code in (128 + signal.SIGTERM, 128 + signal.SIGKILL):
             # SLURM stopped the training (cancel, requeue, preemption): SIGKILL follows after
             # KillWait; returning now would record a failure for a job that is requeued
             time.sleep(KILLED_WAIT_S)
-        raise RuntimeError(f"{Path(cmd[1]).name} exited with {code}; log: {log_path}")
+        how = exit_reason(run, code) if code < 0 else f"exited with {code}"
+        raise TrainingFailed(f"{Path(cmd[1]).name} {how}; log: {log_path}")
 
 
 # ------------------------------------------------------------------- on the submitting side
@@ -351,6 +374,18 @@ class SlurmScheduler(Scheduler):
     def _task_logs(self, job: _Job) -> List[Path]:
         return sorted(self.folder.glob(f"{job.job_id}_*_log.err"))
 
+    def _job_failure(self, job: _Job) -> str:
+        """How the job's training failed, as its `TrainingFailed` said (the first task that
+        says it), or "" (the job did not get that far: cancelled, timed out, node failure)."""
+        for log in self._task_logs(job):
+            try:
+                said = FAILURE_LINE.findall(log.read_text(errors="replace"))
+            except OSError:
+                continue
+            if said:
+                return said[-1].strip()
+        return ""
+
     def reap(self) -> None:
         if not self.in_flight or time.time() - self.last_query < QUERY_EVERY_S:
             return
@@ -378,6 +413,8 @@ class SlurmScheduler(Scheduler):
                 why += f" ({state.reason})" if state.reason else ""
                 why += f", exit code {state.exit_code}" if state.exit_code else ""
                 why += f" but left no {run.results_file.name}" if state.state == "COMPLETED" else ""
+                said = self._job_failure(job)
+                why += f": {said}" if said else ""
                 code = 0 if state.state == "COMPLETED" else None
             tails = ((p.name, read_log_tail(p, 8)) for p in self._task_logs(job))
             extra = "\n".join(f"--- {name}\n{tail}" for name, tail in tails if tail)
