@@ -9,8 +9,9 @@ with the same semantics:
   limit, `TrainingJob.checkpoint`) continues from its last checkpoint;
 * a job that ends without results is a FAILED row with its SLURM state, exit code, how its
   training ended (`TrainingFailed`: the exit status, or the signal and the checkpoint to resume
-  from) and the tail of its logs; the other jobs go on; an evaluation of a run's model is submitted with
-  `--dependency=afterok:<that run's job>` (SLURM cancels it if that run fails: "skipped");
+  from) and the tail of its logs; the other jobs go on; an evaluation of a run's model is
+  submitted with `--dependency=afterok:<that run's job>` (SLURM cancels it if that run fails:
+  "skipped");
 * Ctrl-C or SIGTERM of the suite cancels every job it submitted or follows (`scancel`), and
   waits until SLURM lists none of them as active; `--detach` submits and returns: each run's
   folder records its job (`slurm_job.json`), and the same command later follows the jobs still
